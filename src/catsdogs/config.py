@@ -1,0 +1,188 @@
+"""Reads params.yaml into frozen, typed dataclasses; the only module that reads configuration.
+
+Every key in params.yaml has a field of the same name here, and every field must be present:
+an unknown or missing key fails at load time and names itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+
+# Where the stages read and write, relative to the project root (dvc.yaml declares the same paths).
+RAW_DIR = Path("data/raw")
+SPLITS_DIR = Path("data/splits")
+SPLIT_NAMES = ("train", "val", "test")
+
+
+class ConfigError(ValueError):
+    """params.yaml is malformed; the message names the key and says what is expected."""
+
+
+@dataclass(frozen=True)
+class DataParams:
+    url: str
+    sha256: str | None
+    retries: int
+    backoff_seconds: float
+    timeout_seconds: float
+    max_files: int
+    max_bytes: int
+
+    def __post_init__(self) -> None:
+        if not self.url:
+            raise ConfigError("data.url is empty; give an http(s) URL, a file:// URL or a local path")
+        if self.sha256 is not None and (
+            len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256.lower())
+        ):
+            raise ConfigError(f"data.sha256 must be 64 hex digits or null, got {self.sha256!r}")
+        _require(self.retries >= 0, "data.retries must be >= 0")
+        _require(self.backoff_seconds >= 0, "data.backoff_seconds must be >= 0")
+        _require(self.timeout_seconds > 0, "data.timeout_seconds must be > 0")
+        _require(self.max_files > 0 and self.max_bytes > 0, "data.max_files and data.max_bytes must be > 0")
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    """Per-class sizes: all integers (image counts) or all fractions in (0, 1]."""
+
+    train: float
+    val: float
+    test: float
+    seed: int
+    near_duplicate_distance: int
+    max_pixels: int
+
+    def __post_init__(self) -> None:
+        sizes = (self.train, self.val, self.test)
+        _require(all(s >= 0 for s in sizes), f"split sizes must be >= 0, got {sizes}")
+        if self.uses_fractions:
+            _require(
+                sum(sizes) <= 1 + 1e-9,
+                f"split fractions train + val + test must be <= 1, got {sum(sizes):g}",
+            )
+        else:
+            _require(
+                all(float(s).is_integer() for s in sizes),
+                "split sizes must be all whole image counts per class (e.g. 1000/250/250) "
+                f"or all fractions below 1 (e.g. 0.7/0.15/0.15), got {sizes}",
+            )
+        _require(self.train > 0, "split.train must be > 0")
+        _require(0 <= self.near_duplicate_distance <= 32, "split.near_duplicate_distance must be in 0..32")
+        _require(self.max_pixels > 0, "split.max_pixels must be > 0")
+
+    @property
+    def uses_fractions(self) -> bool:
+        return all(s < 1 for s in (self.train, self.val, self.test))
+
+
+@dataclass(frozen=True)
+class PretrainedParams:
+    weights: str  # "imagenet" (Keras downloads it) or a path to a .h5 file
+
+    def __post_init__(self) -> None:
+        if self.weights != "imagenet" and not self.weights.endswith((".h5", ".keras", ".weights.h5")):
+            raise ConfigError(
+                f"pretrained.weights must be 'imagenet' or a path to a .h5 weights file, got {self.weights!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Params:
+    image_size: int
+    data: DataParams
+    split: SplitParams
+    pretrained: PretrainedParams
+
+    def __post_init__(self) -> None:
+        _require(32 <= self.image_size <= 1024, f"image_size must be in 32..1024, got {self.image_size}")
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Load and validate params.yaml (relative to the working directory, which is the project root)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing; run from the project root (where dvc.yaml is)")
+    with path.open(encoding="utf-8") as f:
+        raw = yaml.safe_load(f)
+    return build(Params, raw, where="")
+
+
+def build(cls: type, raw: Any, where: str) -> Any:
+    """Build dataclass `cls` from a mapping, checking keys and simple types; `where` names the section."""
+    label = where or "params.yaml"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{label} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key {_join(where, unknown[0])} (known keys: {', '.join(names)})")
+    missing = [n for n in names if n not in raw]
+    if missing:
+        raise ConfigError(f"missing key {_join(where, missing[0])}")
+    values = {name: _convert(hints[name], raw[name], _join(where, name)) for name in names}
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{label}: {err}") from err
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, key)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (hint,) = [o for o in options if o is not type(None)]
+        return _convert(hint, value, key)
+    if origin is dict:
+        key_type, value_type = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return {k: _convert(value_type, v, f"{key}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        (item_type, _) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_convert(item_type, v, key) for v in value)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise ConfigError(f"{key} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted-key view of a params object (the names MLflow params use)."""
+    if dataclasses.is_dataclass(obj):
+        obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        flat: dict[str, Any] = {}
+        for k, v in obj.items():
+            flat.update(flatten(v, _join(prefix, str(k))))
+        return flat
+    return {prefix: obj}

@@ -1,0 +1,104 @@
+"""Shared fixtures: generated image data, a params.yaml to tweak, and a local HTTP server."""
+
+from __future__ import annotations
+
+import http.server
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from catsdogs import synthetic
+from catsdogs.config import Params, build
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def params_dict(**overrides: object) -> dict:
+    """The project's params.yaml as a dict, with dotted-key overrides (like dvc exp run -S)."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return raw
+
+
+def make_params(**overrides: object) -> Params:
+    return build(Params, params_dict(**overrides), where="")
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    """A folder-per-class data set of 20 + 20 real JPEGs."""
+    root = tmp_path / "images"
+    synthetic.write_dataset(root, per_class=20, layout="classes")
+    return root
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    routes: dict[str, tuple[int, bytes, int | None]] = {}
+    hits: dict[str, int] = {}
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.hits[self.path] = self.hits.get(self.path, 0) + 1
+        status, body, declared = self.routes.get(self.path, (404, b"not found", None))
+        if callable(status):
+            status = status(self.hits[self.path])
+        self.send_response(status)
+        self.send_header("Content-Length", str(declared if declared is not None else len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class LocalServer:
+    """Serves registered bodies on 127.0.0.1; `declared` > len(body) simulates a truncated transfer."""
+
+    def __init__(self) -> None:
+        handler = type("Handler", (_Handler,), {"routes": {}, "hits": {}})
+        self.handler = handler
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def add(self, path: str, body: bytes, status: object = 200, declared: int | None = None) -> str:
+        self.handler.routes[path] = (status, body, declared)
+        return self.url(path)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def hits(self, path: str) -> int:
+        return self.handler.hits.get(path, 0)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def http_server() -> Iterator[LocalServer]:
+    server = LocalServer()
+    yield server
+    server.close()
+
+
+def copy_project(dest: Path) -> Path:
+    """A copy of the project's pipeline files (not data, not .venv) for end-to-end runs."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "params.yaml", "pyproject.toml", "MLproject", "conda.yaml"):
+        if (ROOT / name).exists():
+            shutil.copy2(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return dest

@@ -1,0 +1,64 @@
+"""params.yaml -> typed, frozen objects; bad params fail and name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from catsdogs.config import ConfigError, Params, build, flatten, load_params
+from conftest import ROOT, make_params, params_dict
+
+
+def test_project_params_load_with_pinned_defaults() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert params.data.url == "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
+    assert params.data.sha256 is None
+    assert params.image_size == 150
+    assert params.pretrained.weights == "imagenet"
+    assert (params.split.train, params.split.val, params.split.test) == (1000, 250, 250)
+    assert not params.split.uses_fractions
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.image_size = 10  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"data.sha256": "abc"}, "data.sha256"),
+        ({"image_size": "big"}, "image_size must be int"),
+        ({"image_size": 8}, "image_size must be in"),
+        ({"split.train": 0.7, "split.val": 0.2, "split.test": 0.2}, "fractions"),
+        ({"split.train": 1000, "split.val": 0.5}, "whole image counts"),
+        ({"pretrained.weights": "resnet"}, "pretrained.weights"),
+        ({"data.retries": -1}, "data.retries"),
+    ],
+)
+def test_bad_values_are_rejected(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_params(**overrides)
+
+
+def test_unknown_and_missing_keys_name_themselves(tmp_path: Path) -> None:
+    raw = params_dict()
+    raw["split"]["sede"] = 1
+    with pytest.raises(ConfigError, match=r"unknown key split\.sede"):
+        build(Params, raw, where="")
+    raw = params_dict()
+    del raw["data"]["url"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"missing key data\.url"):
+        load_params(path)
+    with pytest.raises(ConfigError, match="is missing"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_fractions_and_flatten() -> None:
+    params = make_params(**{"split.train": 0.7, "split.val": 0.15, "split.test": 0.15})
+    assert params.split.uses_fractions
+    flat = flatten(params)
+    assert flat["split.train"] == 0.7 and flat["data.url"].startswith("https://")
+    assert set(flat) >= {"image_size", "pretrained.weights", "data.sha256"}

@@ -1,0 +1,71 @@
+"""Layout recognition and label normalisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from catsdogs import synthetic
+from catsdogs.data import LayoutError, class_counts, find_labelled_images, normalise_label
+
+
+@pytest.mark.parametrize("layout", sorted(synthetic.LAYOUTS))
+def test_each_layout_gives_cat_and_dog(tmp_path: Path, layout: str) -> None:
+    paths = synthetic.write_dataset(tmp_path, per_class=6, layout=layout)
+    _, images = find_labelled_images(tmp_path)
+    assert class_counts(images) == {"cat": 6, "dog": 6}
+    assert sorted(i.path for i in images) == sorted(paths)
+    for image in images:
+        assert image.label in image.path.as_posix().lower()
+
+
+def test_filtered_layout_merges_subsets_and_ignores_stray_files(tmp_path: Path) -> None:
+    synthetic.write_dataset(tmp_path, per_class=9, layout="filtered")
+    (tmp_path / "cats_and_dogs_filtered" / "vectorize.py").write_text("print('hi')\n")
+    macos = tmp_path / "__MACOSX" / "cats_and_dogs_filtered"
+    macos.mkdir(parents=True)
+    (macos / "._cat.0.jpg").write_bytes(b"resource fork")
+    layout, images = find_labelled_images(tmp_path)
+    assert "train" in layout and "validation" in layout
+    assert class_counts(images) == {"cat": 9, "dog": 9}
+    assert {p.path.parts[-3] for p in images} == {"train", "validation"}
+
+
+def test_petimages_junk_is_kept_for_the_split_stage_to_reject(tmp_path: Path) -> None:
+    synthetic.write_dataset(tmp_path, per_class=3, layout="petimages")
+    (tmp_path / "PetImages" / "Cat" / "Thumbs.db").write_bytes(b"\0\1junk")
+    (tmp_path / "readme[1].txt").write_text("license")
+    _, images = find_labelled_images(tmp_path)
+    assert class_counts(images) == {"cat": 4, "dog": 3}
+
+
+def test_kaggle_flat_layout_skips_unlabelled_files(tmp_path: Path) -> None:
+    synthetic.write_dataset(tmp_path, per_class=4, layout="kaggle")
+    (tmp_path / "train" / "12345.jpg").write_bytes(b"no label in name")
+    _, images = find_labelled_images(tmp_path)
+    assert class_counts(images) == {"cat": 4, "dog": 4}
+
+
+def test_mapping_is_sorted_and_normalised(tmp_path: Path) -> None:
+    for name in ("Dogs", "cats", "Puppies"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "a.jpg").write_bytes(b"x")
+    _, images = find_labelled_images(tmp_path)
+    assert list(class_counts(images)) == ["cat", "dog", "puppy"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "label"),
+    [("cats", "cat"), ("Dog", "dog"), ("Dogs ", "dog"), ("puppies", "puppy"), ("glass", "glass"), ("bus", "bus")],
+)
+def test_normalise_label(raw: str, label: str) -> None:
+    assert normalise_label(raw) == label
+
+
+def test_one_class_or_nothing_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "cats" / "a.jpg").write_bytes(b"x")
+    with pytest.raises(LayoutError, match="expected class folders"):
+        find_labelled_images(tmp_path)

@@ -1,0 +1,56 @@
+"""The project's own files agree with each other: packaging, conda, MLproject, DVC, CI."""
+
+from __future__ import annotations
+
+import configparser
+import re
+import tomllib
+
+import yaml
+
+from conftest import ROOT
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_conda_env_lists_the_same_packages_as_pyproject() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
+    (pip_section,) = [d["pip"] for d in conda["dependencies"] if isinstance(d, dict)]
+    conda_requirements = [r for r in pip_section if not r.startswith("-e")]
+    assert conda_requirements == pyproject["project"]["dependencies"]
+    names = {_name(r) for r in conda_requirements}
+    assert {"tensorflow", "keras", "mlflow", "dvc", "numpy", "pillow", "matplotlib", "scikit-learn"} <= names
+    python = [d for d in conda["dependencies"] if isinstance(d, str) and d.startswith("python")]
+    assert python == ["python=3.11"]
+
+
+def test_mlproject_points_at_conda_and_runs_the_pipeline() -> None:
+    mlproject = yaml.safe_load((ROOT / "MLproject").read_text())
+    assert mlproject["conda_env"] == "conda.yaml"
+    assert mlproject["entry_points"]["main"]["command"] == "dvc repro"
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, entry in mlproject["entry_points"].items():
+        if name != "main":
+            assert name in stages, f"MLproject entry point {name} has no DVC stage"
+            assert entry["command"] == stages[name]["cmd"]
+
+
+def test_dvc_stages_declare_their_modules_and_analytics_are_off() -> None:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        module = re.search(r"catsdogs\.(\w+)", stage["cmd"]).group(1)
+        assert f"src/catsdogs/{module}.py" in stage["deps"], f"stage {name} must depend on its module"
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".dvc" / "config")
+    assert config["core"]["analytics"] == "false"
+    assert config["core"]["check_update"] == "false"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme and "make repro" in readme
+    assert re.search(r"^make test$", ci, re.MULTILINE)
