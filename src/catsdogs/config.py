@@ -21,6 +21,13 @@ PARAMS_FILE = Path("params.yaml")
 RAW_DIR = Path("data/raw")
 SPLITS_DIR = Path("data/splits")
 SPLIT_NAMES = ("train", "val", "test")
+MODELS_DIR = Path("models")
+FEATURES_DIR = Path("features")
+BACKUP_DIR = Path(".backup")  # interrupted training resumes from here; outside DVC's outputs
+MODEL_NAMES = ("scratch", "augmented", "feature_extraction", "fine_tuning")
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+FILL_MODES = ("nearest", "reflect", "constant", "wrap")
 
 
 class ConfigError(ValueError):
@@ -96,14 +103,88 @@ class PretrainedParams:
 
 
 @dataclass(frozen=True)
+class AugmentParams:
+    """The book's augmentation; each 0 / false turns that transform off."""
+
+    rotation_degrees: float
+    shift: float
+    shear: float
+    zoom: float
+    horizontal_flip: bool
+    fill_mode: str
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.rotation_degrees <= 180, "augment.rotation_degrees must be in 0..180")
+        for name in ("shift", "shear", "zoom"):
+            _require(0 <= getattr(self, name) < 1, f"augment.{name} must be in [0, 1)")
+        _one_of("augment.fill_mode", self.fill_mode, FILL_MODES)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """How one model trains (models.<name>.*)."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str
+    learning_rate: float
+    augment: bool
+    dropout: float
+    early_stopping_patience: int  # epochs without val_loss improvement before stopping; 0: never stop early
+    reduce_lr_patience: int  # epochs without improvement before halving the learning rate; 0: constant
+
+    def __post_init__(self) -> None:
+        _require(self.epochs > 0 and self.batch_size > 0, "models.*.epochs and batch_size must be > 0")
+        _one_of("models.*.optimizer", self.optimizer, OPTIMIZERS)
+        _require(0 < self.learning_rate < 1, "models.*.learning_rate must be in (0, 1)")
+        _require(0 <= self.dropout < 1, "models.*.dropout must be in [0, 1)")
+        _require(self.early_stopping_patience >= 0 and self.reduce_lr_patience >= 0, "patience must be >= 0")
+
+
+@dataclass(frozen=True)
+class FeaturesParams:
+    """The frozen VGG16 blocks 1-4 run once per view (features stage), not once per epoch."""
+
+    views: int  # per training image: the original plus views - 1 augmented copies
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        _require(self.views >= 1 and self.batch_size >= 1, "features.views and features.batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int
+    precision: str  # auto: bfloat16 where the hardware runs it fast, float32 elsewhere
+
+    def __post_init__(self) -> None:
+        _one_of("train.precision", self.precision, PRECISIONS)
+
+
+@dataclass(frozen=True)
+class MlflowParams:
+    experiment: str
+    tracking_uri: str  # MLFLOW_TRACKING_URI, when set, wins (see tracking.py)
+
+
+@dataclass(frozen=True)
 class Params:
     image_size: int
     data: DataParams
     split: SplitParams
     pretrained: PretrainedParams
+    augment: AugmentParams
+    features: FeaturesParams
+    train: TrainParams
+    models: dict[str, ModelParams]
+    mlflow: MlflowParams
 
     def __post_init__(self) -> None:
         _require(32 <= self.image_size <= 1024, f"image_size must be in 32..1024, got {self.image_size}")
+        _require(
+            sorted(self.models) == sorted(MODEL_NAMES),
+            f"models must have exactly the sections {', '.join(MODEL_NAMES)}; got {', '.join(self.models)}",
+        )
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
@@ -174,6 +255,10 @@ def _join(where: str, name: str) -> str:
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, f"{key} must be one of {', '.join(allowed)}; got {value!r}")
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
-from catsdogs.config import SPLITS_DIR
+from catsdogs.config import SPLITS_DIR, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,10 @@ IGNORED_DIRS = frozenset({"__MACOSX"})
 
 class LayoutError(ValueError):
     """No labelled images found; the message says which layouts were expected."""
+
+
+class MissingInputError(FileNotFoundError):
+    """An earlier stage's output is missing; the message names the command that makes it."""
 
 
 class LabelledImage(NamedTuple):
@@ -128,6 +132,43 @@ def manifest_path(split: str, splits_dir: Path = SPLITS_DIR) -> Path:
 def read_manifest(path: Path) -> list[LabelledImage]:
     """Read a split manifest written by the split stage."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; run: dvc repro split")
+        raise MissingInputError(f"{path} is missing; run: dvc repro split")
     with path.open(newline="", encoding="utf-8") as f:
         return [LabelledImage(Path(row["path"]), row["label"]) for row in csv.DictReader(f)]
+
+
+def binary_class_names(images: list[LabelledImage]) -> tuple[str, str]:
+    """The two labels, sorted: index 0 is the negative class (cat), 1 the positive one (dog)."""
+    names = sorted({image.label for image in images})
+    if len(names) != 2:
+        raise ConfigError(f"the models are binary classifiers, but the data has classes {names}")
+    return names[0], names[1]
+
+
+def image_dataset(images: list[LabelledImage], class_names: tuple[str, ...], image_size: int, max_pixels: int):
+    """tf.data of (uint8 pixels, float label): decoded and resized once (cached), in parallel, in order."""
+    import tensorflow as tf  # here, not at the top: the data stages never need TensorFlow
+
+    from catsdogs.images import load_pixels
+
+    def load(path: bytes) -> object:
+        return load_pixels(Path(path.decode()), image_size, max_pixels)
+
+    def decode(path, label):
+        pixels = tf.numpy_function(load, [path], tf.uint8, stateful=False)
+        return tf.ensure_shape(pixels, (image_size, image_size, 3)), label
+
+    paths = [image.path.as_posix() for image in images]
+    labels = [float(class_names.index(image.label)) for image in images]
+    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+    return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
+
+
+def batched(dataset, batch_size: int, shuffle_seed: int | None = None):
+    """Shuffle (training only, seeded, reshuffled each epoch), batch, cast pixels to float32, prefetch."""
+    import tensorflow as tf
+
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(dataset.cardinality(), seed=shuffle_seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
+    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from catsdogs import configure_logging
 from catsdogs.config import RAW_DIR, SPLIT_NAMES, SPLITS_DIR, SplitParams, load_params
-from catsdogs.data import LabelledImage, class_counts, find_labelled_images, manifest_path
+from catsdogs.data import LabelledImage, MissingInputError, class_counts, find_labelled_images, manifest_path
 from catsdogs.images import ImageError, read_rgb
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def main() -> None:
     params = load_params()
     try:
         summary = split_dataset(RAW_DIR, SPLITS_DIR, params.split)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, MissingInputError) as err:  # LayoutError and too-few-images are ValueErrors
         sys.exit(f"split: {err}")
     log.info(
         "split: %s; rejected %d; duplicate groups %d",
@@ -89,7 +89,7 @@ def main() -> None:
 def split_dataset(raw_dir: Path, out_dir: Path, params: SplitParams) -> dict:
     """Validate, group and split the images under raw_dir; write manifests and summary to out_dir."""
     if not raw_dir.is_dir():
-        raise FileNotFoundError(f"{raw_dir} is missing; run: dvc repro download")
+        raise MissingInputError(f"{raw_dir} is missing; run: dvc repro download")
     layout, images = find_labelled_images(raw_dir)
     log.info("%s: %d files, layout %s, per class %s", raw_dir, len(images), layout, class_counts(images))
     checked, rejected = check_images(images, params.max_pixels)

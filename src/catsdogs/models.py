@@ -1,0 +1,103 @@
+"""The study's four models. Each takes raw RGB pixels (0-255, image_size square) and preprocesses inside.
+
+- scratch / augmented: the book's small CNN (Conv 32-64-128-128, Dense 512, sigmoid), rescaled 1/255;
+- feature_extraction: the VGG16 conv base, frozen, with a new head (Flatten, Dense 256, sigmoid);
+- fine_tuning: the same with block5 trainable (started from the trained feature-extraction model).
+Augmentation, when given, is the first block of the model and is the identity at inference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+
+from catsdogs.layers import VGG16Preprocess
+
+VGG16_URL_HINT = "set pretrained.weights to a local copy of the VGG16 'notop' .h5 weights file"
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights could not be loaded; never fall back to random weights."""
+
+
+def build_scratch_cnn(image_size: int, dropout: float, augmentation: keras.Sequential | None) -> keras.Model:
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = augmentation(inputs) if augmentation is not None else inputs
+    x = keras.layers.Rescaling(1 / 255, name="rescale")(x)
+    for filters in (32, 64, 128, 128):
+        x = keras.layers.Conv2D(filters, 3, activation="relu")(x)
+        x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Flatten()(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout)(x)
+    x = keras.layers.Dense(512, activation="relu")(x)
+    # float32 output even under mixed precision: a bfloat16 sigmoid is too coarse near 0 and 1.
+    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="p_dog")(x)
+    return keras.Model(inputs, outputs, name="scratch_cnn")
+
+
+def load_vgg16_base(weights: str | None, image_size: int) -> keras.Model:
+    """The VGG16 conv base: `weights` is "imagenet" (downloaded by Keras), a .h5 path, or None (random: tests)."""
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise WeightsError(f"pretrained.weights={weights!r}: no such file; {VGG16_URL_HINT}")
+    try:
+        return keras.applications.VGG16(
+            weights=weights, include_top=False, input_shape=(image_size, image_size, 3)
+        )
+    except Exception as err:  # Keras raises several kinds (URL, HTTP, OS, value) for the same failure
+        first_line = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        raise WeightsError(f"cannot load VGG16 weights {weights!r} ({first_line}); {VGG16_URL_HINT}") from None
+
+
+def build_vgg16_classifier(
+    image_size: int, weights: str | None, dropout: float, augmentation: keras.Sequential | None
+) -> keras.Model:
+    base = load_vgg16_base(weights, image_size)
+    base.trainable = False
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = augmentation(inputs) if augmentation is not None else inputs
+    x = VGG16Preprocess(name="vgg16_preprocess")(x)
+    # training=False keeps the base in inference mode even when block5 is later unfrozen.
+    x = base(x, training=False)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(256, activation="relu")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout)(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="p_dog")(x)
+    return keras.Model(inputs, outputs, name="vgg16_classifier")
+
+
+def unfreeze_block5(model: keras.Model) -> keras.Model:
+    """Make block5_conv1..3 of the VGG16 base trainable, the rest of the base frozen."""
+    base = model.get_layer("vgg16")
+    base.trainable = True
+    for layer in base.layers:
+        layer.trainable = layer.name.startswith("block5")
+    return model
+
+
+def count_params(model: keras.Model) -> tuple[int, int]:
+    """(trainable, non-trainable) parameter counts."""
+    trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
+    frozen = sum(int(w.numpy().size) for w in model.non_trainable_weights)
+    return trainable, frozen
+
+
+def tail_model(model: keras.Model, after: str, until: str | None = None) -> keras.Model:
+    """The part of a VGG16 classifier after base layer `after`: its remaining base layers, then the head.
+
+    With `until`, stop at that base layer (no head). The tail shares the classifier's layers, so
+    training it trains the classifier: this is how the VGG16 models learn from cached activations.
+    """
+    base = model.get_layer("vgg16")
+    names = [layer.name for layer in base.layers]
+    stop = names.index(until) + 1 if until else len(names)
+    layers = base.layers[names.index(after) + 1 : stop]
+    if until is None:
+        layers += model.layers[model.layers.index(base) + 1 :]
+    inputs = keras.Input(base.get_layer(after).output.shape[1:], name=f"{after}_activations")
+    x = inputs
+    for layer in layers:
+        x = layer(x)
+    return keras.Model(inputs, x, name=f"tail_after_{after}")

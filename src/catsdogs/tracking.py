@@ -1,0 +1,55 @@
+"""MLflow set-up shared by the stages that log: tracking store, experiment, run tags.
+
+The store is params.mlflow.tracking_uri (sqlite:///mlflow.db) unless MLFLOW_TRACKING_URI is set.
+Under `mlflow run`, MLflow hands the entry point a run of its own (MLFLOW_RUN_ID): each model's
+run becomes its child instead of four models writing into that one run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+from catsdogs.config import SPLIT_NAMES, SPLITS_DIR, MlflowParams
+
+# Set before mlflow is imported anywhere in this process: no usage data leaves the machine.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402  (must follow the telemetry switch)
+
+
+def setup_mlflow(params: MlflowParams) -> str | None:
+    """Point MLflow at the project's store and experiment; return the parent run id under `mlflow run`."""
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or params.tracking_uri)
+    mlflow.set_experiment(params.experiment)
+    return os.environ.pop("MLFLOW_RUN_ID", None)
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def data_hash(splits_dir: Path = SPLITS_DIR) -> str:
+    """sha256 over the three split manifests: which images, with which labels, in which split."""
+    digest = hashlib.sha256()
+    for name in SPLIT_NAMES:
+        digest.update((splits_dir / f"{name}.csv").read_bytes())
+    return digest.hexdigest()
+
+
+def run_tags(stage: str, parent_run_id: str | None) -> dict[str, str]:
+    tags = {"git_commit": git_commit(), "dvc_stage": stage, "data_hash": data_hash()}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    return tags

@@ -1,0 +1,281 @@
+"""Stage `train`: fits one model and logs it as one MLflow run.
+
+    python -m catsdogs.train {scratch|augmented|feature_extraction|fine_tuning}
+
+Reads params.yaml, data/splits/ (the CNNs, from pixels) or features/ (the VGG16 models, from the
+frozen base's cached activations) and, for fine_tuning, models/feature_extraction/model.keras.
+Writes models/<name>/model.keras (a full model taking raw pixels), history.csv, metrics.json and
+run.json (the MLflow run id, so that later stages log into the same run).
+An interrupted run resumes from .backup/<name>/ (Keras BackupAndRestore, the same MLflow run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from catsdogs import configure_logging
+from catsdogs.augment import build_augmentation
+from catsdogs.config import (
+    BACKUP_DIR, FEATURES_DIR, MODEL_NAMES, MODELS_DIR, SPLITS_DIR, ConfigError, ModelParams, Params, flatten,
+    load_params,
+)
+from catsdogs.data import MissingInputError, batched, binary_class_names, image_dataset, manifest_path, read_manifest
+from catsdogs.layers import RandomShear, VGG16Preprocess
+from catsdogs.models import (
+    WeightsError, build_scratch_cnn, build_vgg16_classifier, count_params, tail_model, unfreeze_block5,
+)
+from catsdogs.tracking import mlflow, run_tags, setup_mlflow
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = {
+    "adam": lambda lr: keras.optimizers.Adam(learning_rate=lr),
+    "rmsprop": lambda lr: keras.optimizers.RMSprop(learning_rate=lr),
+    "sgd": lambda lr: keras.optimizers.SGD(learning_rate=lr, momentum=0.9),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", choices=MODEL_NAMES)
+    name = parser.parse_args(argv).model
+    configure_logging()
+    params = load_params()
+    try:
+        train_model(name, params, MODELS_DIR / name, BACKUP_DIR / name)
+    except (WeightsError, MissingInputError, ConfigError) as err:
+        sys.exit(f"train {name}: {err}")
+
+
+def train_model(name: str, params: Params, out_dir: Path, backup_dir: Path) -> dict:
+    precision = set_precision(params.train.precision)
+    keras.utils.set_random_seed(params.train.seed)
+    parent_run_id = setup_mlflow(params.mlflow)
+    resumed = resumable_run(backup_dir, flatten(params))
+    started = time.perf_counter()
+    with mlflow.start_run(run_id=resumed, run_name=name, tags=run_tags(f"train_{name}", parent_run_id)) as run:
+        (backup_dir / "run_id").write_text(run.info.run_id)
+        model, fit_model, train_data, val_data, class_names = prepare(name, params)
+        trainable, frozen = count_params(model)
+        if resumed is None:
+            mlflow.log_params({**flatten(params), "model": name, "precision": precision,
+                               "class_names": ",".join(class_names)})
+            mlflow.log_metrics({"trainable_params": trainable, "non_trainable_params": frozen})
+        else:
+            log.info("resuming run %s from %s", resumed, backup_dir)
+        history = fit(fit_model, train_data, val_data, params.models[name], backup_dir)
+        val_loss, val_accuracy = fit_model.evaluate(*_xy(val_data), verbose=0)
+        metrics = {
+            "val_accuracy": float(val_accuracy),
+            "val_loss": float(val_loss),
+            "best_epoch": int(np.argmin(history["val_loss"])) + 1,
+            "epochs": len(history["val_loss"]),
+            "train_seconds": round(time.perf_counter() - started, 1),
+        }
+        mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
+        mlflow.log_figure(plot_history(history, name), "learning_curves.png")
+        model_info = log_model(model, val_data, class_names)
+        write_outputs(out_dir, model, backup_dir / "history.csv", metrics,
+                      {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+                       "model_uri": model_info.model_uri, "class_names": list(class_names)})
+    shutil.rmtree(backup_dir, ignore_errors=True)
+    log.info("%s: val_accuracy %.4f after %d epochs (best %d), %.0fs, run %s", name, metrics["val_accuracy"],
+             metrics["epochs"], metrics["best_epoch"], metrics["train_seconds"], run.info.run_id)
+    return metrics
+
+
+def resumable_run(backup_dir: Path, flat_params: dict) -> str | None:
+    """The MLflow run id of an interrupted run with the same params, whose backup BackupAndRestore resumes.
+
+    A backup left by a run with other params is stale: it is removed and training starts over.
+    """
+    params_file, run_file = backup_dir / "params.json", backup_dir / "run_id"
+    current = json.dumps(flat_params, sort_keys=True)
+    if run_file.is_file() and params_file.is_file() and params_file.read_text() == current:
+        return run_file.read_text().strip()
+    shutil.rmtree(backup_dir, ignore_errors=True)
+    backup_dir.mkdir(parents=True)
+    params_file.write_text(current)
+    return None
+
+
+def set_precision(setting: str) -> str:
+    """`auto`: bfloat16 where the hardware runs it fast (a GPU, or a CPU with AVX512-BF16/AMX), else float32."""
+    policy = setting
+    if setting == "auto":
+        policy = "mixed_bfloat16" if _fast_bfloat16() else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def _fast_bfloat16() -> bool:
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def prepare(name: str, params: Params):
+    """(full model, model to fit, train data, val data, class names) for one of the four models."""
+    settings = params.models[name]
+    augmentation = build_augmentation(params.augment, params.train.seed) if settings.augment else None
+    if name in ("scratch", "augmented"):
+        train = read_manifest(manifest_path("train", SPLITS_DIR))
+        class_names = binary_class_names(train)
+        model = build_scratch_cnn(params.image_size, settings.dropout, augmentation)
+        size, max_pixels = params.image_size, params.split.max_pixels
+        train_ds = batched(image_dataset(train, class_names, size, max_pixels), settings.batch_size,
+                           shuffle_seed=params.train.seed)
+        val = read_manifest(manifest_path("val", SPLITS_DIR))
+        val_ds = batched(image_dataset(val, class_names, size, max_pixels), settings.batch_size)
+        compile_model(model, settings)
+        return model, model, train_ds, val_ds, class_names
+
+    features = load_features(FEATURES_DIR, use_augmented_views=settings.augment)
+    class_names = tuple(features["class_names"])
+    if name == "feature_extraction":
+        model = build_vgg16_classifier(params.image_size, params.pretrained.weights, settings.dropout, augmentation)
+        # block5 is frozen too: run it once over the cached activations, then fit only the head.
+        block5 = tail_model(model, after="block4_pool", until="block5_pool")
+        train = (block5.predict(features["train_x"], batch_size=64, verbose=0), features["train_y"])
+        val = (block5.predict(features["val_x"], batch_size=64, verbose=0), features["val_y"])
+        fit_model = tail_model(model, after="block5_pool")
+    else:
+        source = MODELS_DIR / "feature_extraction" / "model.keras"
+        if not source.is_file():
+            raise MissingInputError(f"{source} is missing; run: dvc repro train_feature_extraction")
+        model = unfreeze_block5(keras.models.load_model(source))
+        train = (features["train_x"], features["train_y"])
+        val = (features["val_x"], features["val_y"])
+        fit_model = tail_model(model, after="block4_pool")
+    compile_model(fit_model, settings)
+    return model, fit_model, train, val, class_names
+
+
+def load_features(folder: Path, use_augmented_views: bool) -> dict:
+    meta_file = folder / "meta.json"
+    if not meta_file.is_file():
+        raise MissingInputError(f"{meta_file} is missing; run: dvc repro features")
+    meta = json.loads(meta_file.read_text())
+    train_x = np.load(folder / "train_block4.npy", mmap_mode="r")
+    train_y = np.load(folder / "train_labels.npy")
+    if not use_augmented_views:  # rows are view-major: view 0 (the images themselves) comes first
+        rows = meta["train_rows"] // meta["views"]
+        train_x, train_y = train_x[:rows], train_y[:rows]
+    return {**meta, "train_x": np.asarray(train_x), "train_y": train_y,
+            "val_x": np.load(folder / "val_block4.npy"), "val_y": np.load(folder / "val_labels.npy")}
+
+
+def compile_model(model: keras.Model, settings: ModelParams) -> None:
+    model.compile(
+        optimizer=OPTIMIZERS[settings.optimizer](settings.learning_rate),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def _xy(data) -> tuple:
+    """fit/evaluate arguments for a tf.data dataset (x only) or an (x, y) pair of arrays."""
+    return data if isinstance(data, tuple) else (data,)
+
+
+def fit(model: keras.Model, train_data, val_data, settings: ModelParams, backup_dir: Path) -> dict[str, list]:
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.BackupAndRestore(str(backup_dir / "keras")),
+        keras.callbacks.CSVLogger(str(backup_dir / "history.csv"), append=True),
+        mlflow.keras.MlflowCallback(),
+    ]
+    if settings.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=settings.early_stopping_patience, restore_best_weights=True))
+    if settings.reduce_lr_patience:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=settings.reduce_lr_patience, min_lr=1e-7))
+    x, *y = _xy(train_data)
+    model.fit(
+        x, *y,
+        batch_size=settings.batch_size if y else None,
+        epochs=settings.epochs,
+        validation_data=val_data,
+        shuffle=bool(y),  # arrays: Keras shuffles them each epoch; a tf.data pipeline shuffles itself
+        callbacks=callbacks,
+        verbose=2,
+    )
+    return read_history(backup_dir / "history.csv")
+
+
+def read_history(path: Path) -> dict[str, list]:
+    """The whole history, across resumes (CSVLogger appends), as columns."""
+    import csv
+
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {key: [float(row[key]) for row in rows] for key in rows[0]} if rows else {"val_loss": []}
+
+
+def plot_history(history: dict[str, list], name: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [int(e) + 1 for e in history["epoch"]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        ax.plot(epochs, history[metric], "o-", label=f"train {metric}")
+        ax.plot(epochs, history[f"val_{metric}"], "s-", label=f"validation {metric}")
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{name}: {metric}")
+        ax.legend()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def log_model(model: keras.Model, val_data, class_names: tuple[str, ...]):
+    """Log the full model (raw pixels in) with a signature and a one-image input example."""
+    from mlflow.models import infer_signature
+
+    size = model.input_shape[1]
+    example = np.zeros((1, size, size, 3), np.float32) + 127
+    if not isinstance(val_data, tuple):
+        example = next(iter(val_data))[0][:1].numpy()
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    # mlflow.tensorflow saves Keras 3 models as .keras files (mlflow.keras.log_model of MLflow 3.17
+    # fails to write an input example); custom_objects lets loaders find the VGG16 preprocessing layer.
+    return mlflow.tensorflow.log_model(
+        model, name="model", signature=signature, input_example=example,
+        custom_objects={"VGG16Preprocess": VGG16Preprocess, "RandomShear": RandomShear},
+        metadata={"class_names": list(class_names), "positive_class": class_names[1]},
+    )
+
+
+def write_outputs(out_dir: Path, model: keras.Model, history_csv: Path, metrics: dict, run: dict) -> None:
+    """Each file is written beside its final name and renamed: DVC never sees a half-written output."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / ".model.partial.keras"
+    model.save(partial)
+    partial.replace(out_dir / "model.keras")
+    shutil.copyfile(history_csv, out_dir / ".history.partial")
+    (out_dir / ".history.partial").replace(out_dir / "history.csv")
+    for filename, content in (("metrics.json", metrics), ("run.json", run)):
+        (out_dir / f".{filename}.partial").write_text(json.dumps(content, indent=2) + "\n")
+        (out_dir / f".{filename}.partial").replace(out_dir / filename)
+
+
+if __name__ == "__main__":
+    main()
