@@ -29,7 +29,7 @@ def test_project_params_load_with_pinned_defaults() -> None:
     [
         ({"data.sha256": "abc"}, "data.sha256"),
         ({"image_size": "big"}, "image_size must be int"),
-        ({"image_size": 8}, "image_size must be in"),
+        ({"image_size": 32}, "image_size must be in"),
         ({"split.train": 0.7, "split.val": 0.2, "split.test": 0.2}, "fractions"),
         ({"split.train": 1000, "split.val": 0.5}, "whole image counts"),
         ({"pretrained.weights": "resnet"}, "pretrained.weights"),

@@ -180,7 +180,8 @@ class Params:
     mlflow: MlflowParams
 
     def __post_init__(self) -> None:
-        _require(32 <= self.image_size <= 1024, f"image_size must be in 32..1024, got {self.image_size}")
+        # 48: the smallest input the book's four conv + pool blocks can take.
+        _require(48 <= self.image_size <= 1024, f"image_size must be in 48..1024, got {self.image_size}")
         _require(
             sorted(self.models) == sorted(MODEL_NAMES),
             f"models must have exactly the sections {', '.join(MODEL_NAMES)}; got {', '.join(self.models)}",

@@ -31,7 +31,7 @@ def build_scratch_cnn(image_size: int, dropout: float, augmentation: keras.Seque
     x = keras.layers.Flatten()(x)
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
-    x = keras.layers.Dense(512, activation="relu")(x)
+    x = keras.layers.Dense(512, activation="relu", name="dense_512")(x)
     # float32 output even under mixed precision: a bfloat16 sigmoid is too coarse near 0 and 1.
     outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="p_dog")(x)
     return keras.Model(inputs, outputs, name="scratch_cnn")
@@ -61,7 +61,7 @@ def build_vgg16_classifier(
     # training=False keeps the base in inference mode even when block5 is later unfrozen.
     x = base(x, training=False)
     x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(256, activation="relu")(x)
+    x = keras.layers.Dense(256, activation="relu", name="head_dense")(x)
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="p_dog")(x)

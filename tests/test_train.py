@@ -1,0 +1,137 @@
+"""The training stage on generated data: all four models, their DVC outputs and MLflow runs, resuming."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from catsdogs import synthetic
+from catsdogs.config import BACKUP_DIR, FEATURES_DIR, MODEL_NAMES, MODELS_DIR, load_params
+from catsdogs.features import compute_features
+from catsdogs.split import split_dataset
+from catsdogs.train import train_model
+from conftest import params_dict
+
+pytestmark = pytest.mark.slow
+
+SIZE = 48
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder with generated images, split manifests, tiny VGG16 weights and cached features."""
+    root = tmp_path_factory.mktemp("project")
+    synthetic.write_dataset(root / "data" / "raw", per_class=24, layout="classes")
+    keras.applications.VGG16(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3)).save_weights(
+        root / "vgg.weights.h5"
+    )
+    raw = params_dict(**{"image_size": SIZE, "pretrained.weights": "vgg.weights.h5", "features.views": 2,
+                         "split.train": 0.5, "split.val": 0.25, "split.test": 0.25,
+                         "mlflow.tracking_uri": f"sqlite:///{root}/mlflow.db"})
+    for settings in raw["models"].values():
+        settings.update(epochs=1, batch_size=8)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    previous = os.getcwd()
+    os.chdir(root)
+    try:
+        params = load_params()
+        split_dataset(Path("data/raw"), Path("data/splits"), params.split)
+        compute_features(params, Path("data/splits"), FEATURES_DIR)
+    finally:
+        os.chdir(previous)
+    return root
+
+
+@pytest.fixture
+def in_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return project
+
+
+def test_features_cache_views_and_labels(in_project: Path) -> None:
+    meta = json.loads((FEATURES_DIR / "meta.json").read_text())
+    assert meta["class_names"] == ["cat", "dog"] and meta["views"] == 2
+    train_x = np.load(FEATURES_DIR / "train_block4.npy", mmap_mode="r")
+    assert train_x.shape == (48, 3, 3, 512) and train_x.dtype == np.float16  # 24 images x 2 views at 48 px
+    labels = np.load(FEATURES_DIR / "train_labels.npy")
+    np.testing.assert_array_equal(labels[:24], labels[24:])  # view-major: same order in each view
+    assert not np.array_equal(train_x[:24], train_x[24:]), "view 1 is augmented"
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_each_model_trains_and_logs_one_run(in_project: Path, name: str) -> None:
+    params = load_params()
+    metrics = train_model(name, params, MODELS_DIR / name, BACKUP_DIR / name)
+    out = MODELS_DIR / name
+    assert {p.name for p in out.iterdir()} >= {"model.keras", "history.csv", "metrics.json", "run.json"}
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert 0 <= metrics["val_accuracy"] <= 1 and metrics["epochs"] == 1
+    assert not (BACKUP_DIR / name).exists(), "a finished run leaves no backup"
+
+    run_info = json.loads((out / "run.json").read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{in_project}/mlflow.db")
+    run = client.get_run(run_info["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.runName"] == name
+    assert run.data.tags["dvc_stage"] == f"train_{name}" and len(run.data.tags["data_hash"]) == 64
+    assert "git_commit" in run.data.tags
+    assert run.data.params["model"] == name and run.data.params["image_size"] == str(SIZE)
+    assert run.data.params[f"models.{name}.learning_rate"] == str(params.models[name].learning_rate)
+    for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert len(client.get_metric_history(run.info.run_id, metric)) == 1, metric
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "learning_curves.png" in artifacts
+
+    saved = keras.models.load_model(out / "model.keras")
+    logged = mlflow.tensorflow.load_model(run_info["model_uri"])
+    pixels = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3)).astype("float32")
+    expected = saved.predict(pixels, verbose=0)
+    np.testing.assert_allclose(logged.predict(pixels, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    assert saved.input_shape == (None, SIZE, SIZE, 3)
+
+
+def test_fine_tuning_starts_from_the_feature_extraction_head(in_project: Path) -> None:
+    head = keras.models.load_model(MODELS_DIR / "feature_extraction" / "model.keras").get_layer("head_dense")
+    tuned = keras.models.load_model(MODELS_DIR / "fine_tuning" / "model.keras")
+    assert head.kernel.shape == tuned.get_layer("head_dense").kernel.shape
+    # One epoch at a learning rate of 1e-5 moves the head only a little from where it started.
+    assert np.abs(head.kernel.numpy() - tuned.get_layer("head_dense").kernel.numpy()).max() < 0.05
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_interrupted_training_resumes_in_the_same_run(in_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = load_params()
+    settings = params.models["scratch"].__class__(**{**params.models["scratch"].__dict__, "epochs": 2})
+    params = params.__class__(**{**params.__dict__, "models": {**params.models, "scratch": settings}})
+    out, backup = in_project / "resume_out", in_project / ".backup" / "resume"
+
+    calls = []
+
+    def interrupt_after_first_epoch(self, epoch, logs=None):
+        calls.append(epoch)
+        raise _Interrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mlflow.keras.MlflowCallback, "on_epoch_end", interrupt_after_first_epoch)
+        with pytest.raises(_Interrupt):
+            train_model("scratch", params, out, backup)
+    assert calls == [0] and (backup / "run_id").is_file()
+    assert not (out / "model.keras").exists(), "no model is written for an interrupted run"
+    first_run = (backup / "run_id").read_text()
+
+    metrics = train_model("scratch", params, out, backup)
+    run = json.loads((out / "run.json").read_text())
+    assert run["run_id"] == first_run
+    history = (out / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["0", "1"] and metrics["epochs"] == 2
