@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import shutil
 import threading
@@ -102,3 +103,70 @@ def copy_project(dest: Path) -> Path:
             shutil.copy2(ROOT / name, dest / name)
     shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     return dest
+
+
+SIZE = 48  # the smallest image the book's CNN takes: fast tests
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder: generated images split into manifests, random VGG16 weights, cached features."""
+    import keras
+
+    from catsdogs.config import FEATURES_DIR, load_params
+    from catsdogs.features import compute_features
+    from catsdogs.split import split_dataset
+
+    root = tmp_path_factory.mktemp("project")
+    synthetic.write_dataset(root / "data" / "raw", per_class=24, layout="classes")
+    keras.applications.VGG16(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3)).save_weights(
+        root / "vgg.weights.h5"
+    )
+    raw = params_dict(**{"image_size": SIZE, "pretrained.weights": "vgg.weights.h5", "features.views": 2,
+                         "split.train": 0.5, "split.val": 0.25, "split.test": 0.25,
+                         "mlflow.tracking_uri": f"sqlite:///{root}/mlflow.db"})
+    for settings in raw["models"].values():
+        settings.update(epochs=1, batch_size=8)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    with contextlib.chdir(root):
+        params = load_params()
+        split_dataset(Path("data/raw"), Path("data/splits"), params.split)
+        compute_features(params, Path("data/splits"), FEATURES_DIR)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_project: Path) -> dict:
+    """All four models trained for one epoch in tiny_project: {name: metrics}."""
+    from catsdogs.config import BACKUP_DIR, MODEL_NAMES, MODELS_DIR, load_params
+    from catsdogs.train import train_model
+
+    with contextlib.chdir(tiny_project), pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("MLFLOW_RUN_ID", raising=False)
+        params = load_params()
+        return {name: train_model(name, params, MODELS_DIR / name, BACKUP_DIR / name) for name in MODEL_NAMES}
+
+
+@pytest.fixture
+def in_project(tiny_project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tiny_project)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return tiny_project
+
+
+@pytest.fixture(scope="session")
+def champion(trained: dict, tiny_project: Path) -> dict:
+    """The fine-tuned tiny model evaluated and registered once as models:/catsdogs@champion."""
+    import mlflow
+
+    from catsdogs.config import EVALUATION_DIR, MODELS_DIR, load_params
+    from catsdogs.evaluate import evaluate_model
+    from catsdogs.register import register_model
+
+    with contextlib.chdir(tiny_project):
+        params = load_params()
+        mlflow.set_tracking_uri(params.mlflow.tracking_uri)
+        evaluate_model(params, MODELS_DIR / "fine_tuning", EVALUATION_DIR / "fine_tuning")
+        return register_model(params, MODELS_DIR / "fine_tuning", EVALUATION_DIR / "fine_tuning")

@@ -3,58 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import keras
 import mlflow
 import numpy as np
 import pytest
-import yaml
 
-from catsdogs import synthetic
 from catsdogs.config import BACKUP_DIR, FEATURES_DIR, MODEL_NAMES, MODELS_DIR, load_params
-from catsdogs.features import compute_features
-from catsdogs.split import split_dataset
 from catsdogs.train import train_model
-from conftest import params_dict
+from conftest import SIZE
 
 pytestmark = pytest.mark.slow
-
-SIZE = 48
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project folder with generated images, split manifests, tiny VGG16 weights and cached features."""
-    root = tmp_path_factory.mktemp("project")
-    synthetic.write_dataset(root / "data" / "raw", per_class=24, layout="classes")
-    keras.applications.VGG16(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3)).save_weights(
-        root / "vgg.weights.h5"
-    )
-    raw = params_dict(**{"image_size": SIZE, "pretrained.weights": "vgg.weights.h5", "features.views": 2,
-                         "split.train": 0.5, "split.val": 0.25, "split.test": 0.25,
-                         "mlflow.tracking_uri": f"sqlite:///{root}/mlflow.db"})
-    for settings in raw["models"].values():
-        settings.update(epochs=1, batch_size=8)
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    previous = os.getcwd()
-    os.chdir(root)
-    try:
-        params = load_params()
-        split_dataset(Path("data/raw"), Path("data/splits"), params.split)
-        compute_features(params, Path("data/splits"), FEATURES_DIR)
-    finally:
-        os.chdir(previous)
-    return root
-
-
-@pytest.fixture
-def in_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(project)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    return project
 
 
 def test_features_cache_views_and_labels(in_project: Path) -> None:
@@ -68,9 +28,9 @@ def test_features_cache_views_and_labels(in_project: Path) -> None:
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_each_model_trains_and_logs_one_run(in_project: Path, name: str) -> None:
+def test_each_model_trains_and_logs_one_run(trained: dict, in_project: Path, name: str) -> None:
     params = load_params()
-    metrics = train_model(name, params, MODELS_DIR / name, BACKUP_DIR / name)
+    metrics = trained[name]
     out = MODELS_DIR / name
     assert {p.name for p in out.iterdir()} >= {"model.keras", "history.csv", "metrics.json", "run.json"}
     assert json.loads((out / "metrics.json").read_text()) == metrics
@@ -98,7 +58,7 @@ def test_each_model_trains_and_logs_one_run(in_project: Path, name: str) -> None
     assert saved.input_shape == (None, SIZE, SIZE, 3)
 
 
-def test_fine_tuning_starts_from_the_feature_extraction_head(in_project: Path) -> None:
+def test_fine_tuning_starts_from_the_feature_extraction_head(trained: dict, in_project: Path) -> None:
     head = keras.models.load_model(MODELS_DIR / "feature_extraction" / "model.keras").get_layer("head_dense")
     tuned = keras.models.load_model(MODELS_DIR / "fine_tuning" / "model.keras")
     assert head.kernel.shape == tuned.get_layer("head_dense").kernel.shape

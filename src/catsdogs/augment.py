@@ -31,3 +31,28 @@ def build_augmentation(params: AugmentParams, seed: int) -> keras.Sequential:
     if params.horizontal_flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
     return keras.Sequential(layers, name="augmentation")
+
+
+def preview_grid(params: AugmentParams, pixels, count: int, seed: int):
+    """A figure of the photo and `count` random augmentations of it, like the book's figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    augmentation = build_augmentation(params, seed)
+    batch = np.repeat(pixels[None].astype("float32"), count, axis=0)
+    views = np.asarray(augmentation(batch, training=True))
+    columns = 4
+    rows = -(-(count + 1) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes.flat[0].imshow(pixels)
+    axes.flat[0].set_title("original")
+    for i, (ax, view) in enumerate(zip(axes.flat[1:], views), start=1):
+        ax.imshow(np.clip(view, 0, 255).astype("uint8"))
+        ax.set_title(f"augmented {i}")
+    fig.tight_layout()
+    return fig

@@ -1,4 +1,10 @@
-"""The `catsdogs` command: a thin dispatcher to the stages and tools."""
+"""The `catsdogs` command: a thin dispatcher to the stages and tools.
+
+    catsdogs predict PHOTO... [--model URI]      label and probabilities per file (default: the champion)
+    catsdogs augment-preview PHOTO [--out PNG]   a grid of random augmentations of one photo
+    catsdogs demo-data FOLDER                    a small generated data set (stripes: cat vs dog)
+    catsdogs download | split | features | train NAME | evaluate NAME | report | register   (the DVC stages)
+"""
 
 from __future__ import annotations
 
@@ -8,30 +14,81 @@ from pathlib import Path
 
 from catsdogs import configure_logging
 
+STAGES = ("download", "split", "features", "train", "evaluate", "report", "register")
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="catsdogs", description=__doc__)
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="catsdogs", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("download", help="stage: fetch data.url into data/raw")
-    commands.add_parser("split", help="stage: validate images and write data/splits manifests")
+    predict = commands.add_parser("predict", help="classify image files with a registered model")
+    predict.add_argument("paths", nargs="+")
+    predict.add_argument("--model", help="model URI (default: models:/<register.name>@<register.alias>)")
+    preview = commands.add_parser("augment-preview", help="write a grid of random augmentations of a photo")
+    preview.add_argument("photo", type=Path)
+    preview.add_argument("--out", type=Path, default=Path("reports/augmentation_preview.png"))
+    preview.add_argument("--count", type=int, default=11)
+    preview.add_argument("--seed", type=int, default=0)
     demo = commands.add_parser("demo-data", help="write a small generated data set (stripes: cat vs dog)")
     demo.add_argument("folder", type=Path)
     demo.add_argument("--per-class", type=int, default=100)
     demo.add_argument("--layout", default="filtered")
-    args = parser.parse_args(argv)
+    for stage in STAGES:
+        commands.add_parser(stage, help=f"DVC stage {stage} (python -m catsdogs.{stage})", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    configure_logging()
 
-    if args.command == "download":
-        from catsdogs.download import main as run
-    elif args.command == "split":
-        from catsdogs.split import main as run
-    else:
-        from catsdogs.synthetic import write_dataset
+    if args.command in STAGES:
+        import importlib
 
-        configure_logging()
-        paths = write_dataset(args.folder, per_class=args.per_class, layout=args.layout)
-        print(f"wrote {len(paths)} images under {args.folder}")
-        return
-    run()
+        module = importlib.import_module(f"catsdogs.{args.command}")
+        sys.argv = [f"catsdogs {args.command}", *rest]
+        module.main()
+        return 0
+    if rest:
+        parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    if args.command == "predict":
+        return _predict(args.paths, args.model)
+    if args.command == "augment-preview":
+        return _preview(args.photo, args.out, args.count, args.seed)
+    from catsdogs.synthetic import write_dataset
+
+    paths = write_dataset(args.folder, per_class=args.per_class, layout=args.layout)
+    print(f"wrote {len(paths)} images under {args.folder}")
+    return 0
+
+
+def _predict(paths: list[str], model_uri: str | None) -> int:
+    from catsdogs.config import load_params
+    from catsdogs.serve import predict_files
+    from catsdogs.tracking import setup_mlflow
+
+    params = load_params()
+    setup_mlflow(params.mlflow)
+    uri = model_uri or f"models:/{params.register.name}@{params.register.alias}"
+    results, errors = predict_files(paths, uri)
+    for row in results.to_dict("records"):
+        probabilities = "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("p_"))
+        print(f"{row['path']}\t{row['label']}\t{probabilities}")
+    for path, message in errors.items():
+        print(f"{path}\terror: {message}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _preview(photo: Path, out: Path, count: int, seed: int) -> int:
+    from catsdogs.augment import preview_grid
+    from catsdogs.config import load_params
+    from catsdogs.images import ImageError, load_pixels
+
+    params = load_params()
+    try:
+        pixels = load_pixels(photo, params.image_size, params.split.max_pixels)
+    except (ImageError, OSError) as err:
+        print(f"{photo}: {err}", file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    preview_grid(params.augment, pixels, count, seed).savefig(out, dpi=100)
+    print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":

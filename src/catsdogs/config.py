@@ -23,6 +23,8 @@ SPLITS_DIR = Path("data/splits")
 SPLIT_NAMES = ("train", "val", "test")
 MODELS_DIR = Path("models")
 FEATURES_DIR = Path("features")
+EVALUATION_DIR = Path("evaluation")
+REPORTS_DIR = Path("reports")
 BACKUP_DIR = Path(".backup")  # interrupted training resumes from here; outside DVC's outputs
 MODEL_NAMES = ("scratch", "augmented", "feature_extraction", "fine_tuning")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -168,6 +170,20 @@ class MlflowParams:
 
 
 @dataclass(frozen=True)
+class RegisterParams:
+    """Which model is registered, under what name, and the rule that moves the alias (data, not code)."""
+
+    model: str  # one of MODEL_NAMES
+    name: str  # registered model name
+    alias: str  # moved to a new version only when it beats the current holder on `metric`
+    metric: str  # a validation metric from models/<model>/metrics.json: selection never sees test data
+
+    def __post_init__(self) -> None:
+        _one_of("register.model", self.model, MODEL_NAMES)
+        _require(self.metric.startswith("val_"), "register.metric must be a validation metric (val_...)")
+
+
+@dataclass(frozen=True)
 class Params:
     image_size: int
     data: DataParams
@@ -178,6 +194,7 @@ class Params:
     train: TrainParams
     models: dict[str, ModelParams]
     mlflow: MlflowParams
+    register: RegisterParams
 
     def __post_init__(self) -> None:
         # 48: the smallest input the book's four conv + pool blocks can take.

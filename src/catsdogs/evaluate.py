@@ -1,0 +1,155 @@
+"""Stage `evaluate`: scores one trained model on the held-out test split, which no other stage reads.
+
+    python -m catsdogs.evaluate {scratch|augmented|feature_extraction|fine_tuning}
+
+Reads models/<name>/{model.keras,run.json} and data/splits/test.csv. Writes evaluation/<name>/:
+metrics.json (accuracy, precision, recall, F1, ROC AUC, log loss, confusion matrix), predictions.csv
+(one row per test image, a DVC confusion plot) and figures (confusion matrices, ROC curve, the worst
+misclassified images); logs all of it into the model's own MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+import keras
+import matplotlib
+import numpy as np
+from sklearn import metrics as skm
+
+from catsdogs import configure_logging
+from catsdogs.config import EVALUATION_DIR, MODEL_NAMES, MODELS_DIR, SPLITS_DIR, ConfigError, Params, load_params
+from catsdogs.data import LabelledImage, MissingInputError, batched, image_dataset, manifest_path, read_manifest
+from catsdogs.images import read_rgb
+from catsdogs.layers import RandomShear, VGG16Preprocess  # noqa: F401  (custom layers of the saved models)
+from catsdogs.tracking import mlflow, setup_mlflow
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+WORST_SHOWN = 12
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", choices=MODEL_NAMES)
+    name = parser.parse_args(argv).model
+    configure_logging()
+    params = load_params()
+    setup_mlflow(params.mlflow)
+    try:
+        evaluate_model(params, MODELS_DIR / name, EVALUATION_DIR / name)
+    except (MissingInputError, ConfigError) as err:
+        sys.exit(f"evaluate {name}: {err}")
+
+
+def evaluate_model(params: Params, model_dir: Path, out_dir: Path) -> dict:
+    for required in ("model.keras", "run.json"):
+        if not (model_dir / required).is_file():
+            raise MissingInputError(f"{model_dir / required} is missing; run: dvc repro train_{model_dir.name}")
+    run = json.loads((model_dir / "run.json").read_text())
+    class_names = tuple(run["class_names"])
+    test = read_manifest(manifest_path("test", SPLITS_DIR))
+    model = keras.models.load_model(model_dir / "model.keras")
+    dataset = image_dataset(test, class_names, params.image_size, params.split.max_pixels)
+    p_positive = model.predict(batched(dataset, 32), verbose=0).reshape(-1).astype(np.float64)
+    y_true = np.array([class_names.index(image.label) for image in test])
+
+    scores = score(y_true, p_positive, class_names)
+    figures = {
+        "confusion_matrix.png": plot_confusion(y_true, p_positive, class_names, normalize=None),
+        "confusion_matrix_normalized.png": plot_confusion(y_true, p_positive, class_names, normalize="true"),
+        "roc_curve.png": plot_roc(y_true, p_positive, class_names),
+        "worst_misclassified.png": plot_worst(test, y_true, p_positive, class_names, params.split.max_pixels),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
+    write_predictions(out_dir / "predictions.csv", test, p_positive, class_names)
+    for filename, figure in figures.items():
+        figure.savefig(out_dir / filename, dpi=100)
+
+    with mlflow.start_run(run_id=run["run_id"]):
+        mlflow.log_metrics({f"test_{k}": v for k, v in scores.items() if isinstance(v, float)})
+        mlflow.log_dict(scores, "evaluation/test_metrics.json")
+        for filename, figure in figures.items():
+            mlflow.log_figure(figure, f"evaluation/{filename}")
+    for figure in figures.values():
+        plt.close(figure)
+    log.info("%s on %d test images: accuracy %.4f, ROC AUC %.4f", model_dir.name, len(test),
+             scores["accuracy"], scores["roc_auc"])
+    return scores
+
+
+def score(y_true: np.ndarray, p_positive: np.ndarray, class_names: tuple[str, ...]) -> dict:
+    y_pred = (p_positive >= 0.5).astype(int)
+    matrix = skm.confusion_matrix(y_true, y_pred, labels=[0, 1])
+    return {
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "precision": float(skm.precision_score(y_true, y_pred, zero_division=0)),
+        "recall": float(skm.recall_score(y_true, y_pred, zero_division=0)),
+        "f1": float(skm.f1_score(y_true, y_pred, zero_division=0)),
+        "roc_auc": float(skm.roc_auc_score(y_true, p_positive)) if len(set(y_true)) == 2 else float("nan"),
+        "log_loss": float(skm.log_loss(y_true, p_positive, labels=[0, 1])),
+        "images": int(len(y_true)),
+        "positive_class": class_names[1],
+        "confusion_matrix": {
+            "labels": list(class_names),
+            "counts": matrix.tolist(),  # rows: true class, columns: predicted class
+        },
+    }
+
+
+def plot_confusion(y_true, p_positive, class_names, normalize: str | None):
+    display = skm.ConfusionMatrixDisplay.from_predictions(
+        y_true, (p_positive >= 0.5).astype(int), labels=[0, 1], display_labels=list(class_names),
+        normalize=normalize, cmap="Blues", colorbar=False, values_format=".2f" if normalize else "d",
+    )
+    display.ax_.set_title("Test confusion matrix" + (" (normalised by true class)" if normalize else ""))
+    display.figure_.tight_layout()
+    return display.figure_
+
+
+def plot_roc(y_true, p_positive, class_names):
+    display = skm.RocCurveDisplay.from_predictions(y_true, p_positive, name=f"p({class_names[1]})")
+    display.ax_.plot([0, 1], [0, 1], "k:", label="chance")
+    display.ax_.set_title("Test ROC curve")
+    display.ax_.legend(loc="lower right")
+    return display.figure_
+
+
+def plot_worst(images: list[LabelledImage], y_true, p_positive, class_names, max_pixels: int):
+    """The misclassified test images the model was surest about, with their probabilities."""
+    wrong = np.nonzero((p_positive >= 0.5).astype(int) != y_true)[0]
+    confidence = np.abs(p_positive[wrong] - 0.5)
+    shown = wrong[np.argsort(-confidence, kind="stable")][:WORST_SHOWN]
+    columns = 4
+    rows = max(1, -(-len(shown) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, shown):
+        ax.imshow(read_rgb(images[i].path, max_pixels))
+        ax.set_title(f"{images[i].path.name}\ntrue {class_names[y_true[i]]}, p({class_names[1]})={p_positive[i]:.2f}",
+                     fontsize=8)
+    fig.suptitle(f"Worst misclassified test images ({len(wrong)} wrong in all)")
+    fig.tight_layout()
+    return fig
+
+
+def write_predictions(path: Path, images: list[LabelledImage], p_positive, class_names) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["path", "actual", "predicted", f"p_{class_names[1]}"])
+        for image, p in zip(images, p_positive):
+            writer.writerow([image.path.as_posix(), image.label, class_names[int(p >= 0.5)], f"{p:.6f}"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Stage `register`: registers the fine-tuned model as an image-taking pyfunc and moves the alias on merit.
+
+Reads models/<register.model>/{model.keras,run.json,metrics.json} and evaluation/<register.model>/
+metrics.json. Logs the pyfunc (catsdogs.serve.ImageClassifier wrapping the .keras file) into the
+model's training run, registers it as register.name, and tags the version with its validation and
+test metrics, data hash and git commit. The alias (register.alias, "champion") moves to the new
+version only when it beats the current holder on register.metric, a validation metric: selection
+never looks at test data. Writes models/registered.json.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+import catsdogs
+from catsdogs import configure_logging, synthetic
+from catsdogs.config import EVALUATION_DIR, MODELS_DIR, ConfigError, Params, load_params
+from catsdogs.data import MissingInputError
+from catsdogs.serve import COLUMN, ImageClassifier, signature
+from catsdogs.tracking import mlflow, setup_mlflow
+
+log = logging.getLogger(__name__)
+
+REGISTERED_FILE = MODELS_DIR / "registered.json"
+
+
+def main() -> None:
+    configure_logging()
+    params = load_params()
+    setup_mlflow(params.mlflow)
+    try:
+        result = register_model(params, MODELS_DIR / params.register.model, EVALUATION_DIR / params.register.model)
+    except (MissingInputError, ConfigError) as err:
+        sys.exit(f"register: {err}")
+    REGISTERED_FILE.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def register_model(params: Params, model_dir: Path, evaluation_dir: Path) -> dict:
+    rule = params.register
+    inputs = {
+        "run": model_dir / "run.json", "validation": model_dir / "metrics.json",
+        "test": evaluation_dir / "metrics.json", "model": model_dir / "model.keras",
+    }
+    for path in inputs.values():
+        if not path.is_file():
+            raise MissingInputError(f"{path} is missing; run: dvc repro evaluate@{model_dir.name}")
+    run = json.loads(inputs["run"].read_text())
+    validation = json.loads(inputs["validation"].read_text())
+    test = json.loads(inputs["test"].read_text())
+    if rule.metric not in validation:
+        raise ConfigError(f"register.metric={rule.metric!r} is not in {inputs['validation']}: {', '.join(validation)}")
+
+    with mlflow.start_run(run_id=run["run_id"]) as active:
+        info = mlflow.pyfunc.log_model(
+            name="classifier",
+            python_model=ImageClassifier(),
+            artifacts={"keras_model": str(inputs["model"])},
+            model_config={"class_names": run["class_names"], "image_size": params.image_size,
+                          "max_pixels": params.split.max_pixels},
+            code_paths=[str(Path(catsdogs.__file__).parent)],
+            signature=signature(run["class_names"]),
+            input_example=pd.DataFrame({COLUMN: [_example_image()]}),
+            pip_requirements=_requirements(),
+            registered_model_name=rule.name,
+        )
+        tags = active.data.tags
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    version_tags = {
+        rule.metric: validation[rule.metric],
+        **{f"test_{k}": v for k, v in test.items() if isinstance(v, float)},
+        "source_model": model_dir.name,
+        "data_hash": tags.get("data_hash", "unknown"),
+        "git_commit": tags.get("git_commit", "unknown"),
+    }
+    for key, value in version_tags.items():
+        client.set_model_version_tag(rule.name, version, key, str(value))
+    client.update_model_version(
+        rule.name, version,
+        description=(f"{model_dir.name}: {rule.metric} {validation[rule.metric]:.4f}, test accuracy "
+                     f"{test['accuracy']:.4f} on {test['images']} held-out images; data {version_tags['data_hash'][:12]}, "
+                     f"commit {version_tags['git_commit'][:12]}. Input: base64 image files; output: label and p_<class>."),
+    )
+    holder = current_holder(client, rule.name, rule.alias)
+    held = float(holder.tags[rule.metric]) if holder is not None and rule.metric in holder.tags else None
+    promoted = held is None or float(validation[rule.metric]) > held
+    if promoted:
+        client.set_registered_model_alias(rule.name, rule.alias, version)
+    log.info("registered %s version %s (%s %.4f); %s %s", rule.name, version, rule.metric, validation[rule.metric],
+             rule.alias, f"moved to {version}" if promoted else f"stays on {holder.version} ({held:.4f})")
+    return {
+        "name": rule.name, "version": version, "run_id": run["run_id"], "model_uri": info.model_uri,
+        rule.metric: validation[rule.metric], "alias": rule.alias, "promoted": promoted,
+        "alias_version": version if promoted else str(holder.version),
+    }
+
+
+def current_holder(client, name: str, alias: str):
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _example_image() -> str:
+    photo = synthetic.make_photo(np.random.default_rng(0), (64, 48))
+    return base64.b64encode(synthetic.encode(photo)).decode()
+
+
+def _requirements() -> list[str]:
+    """Pinned to what trained the model; listed here so MLflow need not guess them by loading it."""
+    from importlib.metadata import version
+
+    names = ("mlflow", "tensorflow", "keras", "numpy", "pandas", "pillow")
+    return [f"{name}=={version(name)}" for name in names]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The served model: an MLflow pyfunc that takes image files and answers label and class probabilities.
+
+Input: a DataFrame with a column `image` holding base64-encoded files (JPEG, PNG, GIF, BMP,
+WebP...; any size and colour mode), in any of MLflow's request shapes:
+
+    {"dataframe_records": [{"image": "<base64>"}, ...]}
+    {"dataframe_split": {"columns": ["image"], "data": [["<base64>"], ...]}}
+    {"inputs": {"image": ["<base64>", ...]}}
+
+Output, one row per image: `label` (e.g. "cat" / "dog") and `p_<class>`, the probability of each
+class. Bad input raises MlflowException(INVALID_PARAMETER_VALUE), which the scoring server turns
+into an HTTP 400 naming the problem; no URL is ever fetched.
+Imports no training code: decoding is catsdogs.images, the model is the trained .keras file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from catsdogs.images import ImageError, load_pixels
+
+COLUMN = "image"
+MAX_IMAGES_PER_REQUEST = 64
+
+
+def signature(class_names: list[str]) -> ModelSignature:
+    outputs = [ColSpec("string", "label")] + [ColSpec("double", f"p_{name}") for name in class_names]
+    return ModelSignature(inputs=Schema([ColSpec("string", COLUMN)]), outputs=Schema(outputs))
+
+
+class ImageClassifier(mlflow.pyfunc.PythonModel):
+    """model_config: class_names (negative, positive), image_size, max_pixels."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        import keras
+
+        from catsdogs import layers  # noqa: F401  registers the custom layers the .keras file uses
+
+        self.model = keras.models.load_model(context.artifacts["keras_model"])
+        config = context.model_config
+        self.class_names = list(config["class_names"])
+        self.image_size = int(config["image_size"])
+        self.max_pixels = int(config["max_pixels"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        pixels = np.stack([self._decode(i, value) for i, value in enumerate(_images(model_input))])
+        p_positive = self.model.predict(pixels.astype(np.float32), verbose=0).reshape(-1).astype(np.float64)
+        negative, positive = self.class_names
+        return pd.DataFrame(
+            {
+                "label": np.where(p_positive >= 0.5, positive, negative),
+                f"p_{negative}": 1.0 - p_positive,
+                f"p_{positive}": p_positive,
+            }
+        )
+
+    def _decode(self, index: int, value: Any) -> np.ndarray:
+        if isinstance(value, str):
+            try:
+                data = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise _bad_request(f"image {index}: not valid base64") from None
+        elif isinstance(value, (bytes, bytearray)):
+            data = bytes(value)
+        else:
+            raise _bad_request(f"image {index}: expected a base64 string, got {type(value).__name__}")
+        try:
+            return load_pixels(data, self.image_size, self.max_pixels)
+        except ImageError as err:
+            raise _bad_request(f"image {index}: {err}") from None
+
+
+def _images(model_input: Any) -> list:
+    if isinstance(model_input, pd.DataFrame):
+        if COLUMN not in model_input.columns:
+            raise _bad_request(f"missing column '{COLUMN}' (base64-encoded image files)")
+        values = model_input[COLUMN].tolist()
+    elif isinstance(model_input, dict) and COLUMN in model_input:
+        values = list(np.atleast_1d(model_input[COLUMN]))
+    else:
+        raise _bad_request(f"expected a table with a column '{COLUMN}' of base64-encoded image files")
+    if not values:
+        raise _bad_request("no images in the request")
+    if len(values) > MAX_IMAGES_PER_REQUEST:
+        raise _bad_request(f"{len(values)} images in one request; the limit is {MAX_IMAGES_PER_REQUEST}")
+    return values
+
+
+def _bad_request(message: str) -> MlflowException:
+    return MlflowException.invalid_parameter_value(message)
+
+
+def predict_files(paths: list[str], model_uri: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Classify image files with a registered (or any pyfunc) model; (results per file, errors per file)."""
+    model = mlflow.pyfunc.load_model(model_uri)
+    rows, errors = [], {}
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                encoded = base64.b64encode(f.read()).decode()
+            result = model.predict(pd.DataFrame({COLUMN: [encoded]}))
+        except OSError as err:
+            errors[path] = err.strerror or str(err)
+            continue
+        except MlflowException as err:
+            errors[path] = err.message.split("Error: ")[-1]
+            continue
+        rows.append({"path": path, **result.iloc[0].to_dict()})
+    return pd.DataFrame(rows), errors

@@ -1,0 +1,155 @@
+"""Serving: the pyfunc's input checks, and the real `mlflow models serve` over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from mlflow.exceptions import MlflowException
+from PIL import Image
+
+from catsdogs import synthetic
+
+pytestmark = pytest.mark.slow
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _good_files() -> dict[str, bytes]:
+    rng = np.random.default_rng(11)
+    odd = synthetic.odd_images(rng)
+    return {"photo.jpg": synthetic.encode(synthetic.make_photo(rng)), "alpha.png": odd["alpha.png"],
+            "grey.jpg": odd["grey.jpg"], "palette.gif": odd["palette.gif"]}
+
+
+def _bomb() -> bytes:
+    """A few-KB PNG that claims 50 million pixels (over split.max_pixels = 40 million)."""
+    buffer = io.BytesIO()
+    Image.new("1", (10_000, 5_000)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _bad_payloads() -> dict[str, tuple[dict, str]]:
+    photo = synthetic.encode(synthetic.make_photo(np.random.default_rng(1)))
+    return {
+        "missing column": ({"dataframe_records": [{"picture": _b64(photo)}]}, "image"),
+        "invalid base64": ({"dataframe_records": [{"image": "not base64!!"}]}, "base64"),
+        "not an image": ({"dataframe_records": [{"image": _b64(b"hello world, no pixels here")}]}, "not an image"),
+        "truncated image": ({"dataframe_records": [{"image": _b64(photo[: len(photo) // 2])}]}, "truncated"),
+        "empty list": ({"dataframe_split": {"columns": ["image"], "data": []}}, ""),
+        "decompression bomb": ({"dataframe_records": [{"image": _b64(_bomb())}]}, "too large"),
+    }
+
+
+@pytest.fixture(scope="module")
+def pyfunc(champion: dict, tiny_project: Path):
+    mlflow.set_tracking_uri(f"sqlite:///{tiny_project}/mlflow.db")
+    return mlflow.pyfunc.load_model("models:/catsdogs@champion")
+
+
+@pytest.mark.parametrize("case", ["invalid base64", "not an image", "truncated image", "decompression bomb"])
+def test_pyfunc_rejects_bad_images_with_a_reason(pyfunc, case: str) -> None:
+    payload, reason = _bad_payloads()[case]
+    with pytest.raises(MlflowException, match=reason) as err:
+        pyfunc.predict(pd.DataFrame(payload["dataframe_records"]))
+    assert err.value.get_http_status_code() == 400
+
+
+def test_pyfunc_rejects_empty_and_oversized_requests(pyfunc) -> None:
+    with pytest.raises(MlflowException, match="no images"):
+        pyfunc.predict(pd.DataFrame({"image": pd.Series([], dtype=str)}))
+    many = [_b64(_good_files()["photo.jpg"])] * 65
+    with pytest.raises(MlflowException, match="limit is 64"):
+        pyfunc.predict(pd.DataFrame({"image": many}))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(champion: dict, tiny_project: Path) -> Iterator[str]:
+    port = _free_port()
+    bin_dir = str(Path(sys.executable).parent)  # the server starts `uvicorn` from PATH, as in an activated venv
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tiny_project}/mlflow.db",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    env.pop("MLFLOW_RUN_ID", None)
+    mlflow_cli = str(Path(bin_dir) / "mlflow")
+    log = (tiny_project / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [mlflow_cli, "models", "serve", "-m", "models:/catsdogs@champion", "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tiny_project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert process.poll() is None, (tiny_project / "serve.log").read_text()[-3000:]
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "server did not start in 240 s"
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # the server and its workers, by the PID we started
+        process.wait(timeout=30)
+        log.close()
+
+
+def _post(url: str, payload: dict) -> requests.Response:
+    return requests.post(f"{url}/invocations", json=payload, timeout=60)
+
+
+def test_http_answers_every_request_shape(server: str, pyfunc) -> None:
+    files = _good_files()
+    encoded = [_b64(data) for data in files.values()]
+    expected = pyfunc.predict(pd.DataFrame({"image": encoded}))
+    shapes = {
+        "dataframe_records": {"dataframe_records": [{"image": e} for e in encoded]},
+        "dataframe_split": {"dataframe_split": {"columns": ["image"], "data": [[e] for e in encoded]}},
+        "inputs": {"inputs": {"image": encoded}},
+    }
+    for shape, payload in shapes.items():
+        response = _post(server, payload)
+        assert response.status_code == 200, (shape, response.text[:500])
+        predictions = pd.DataFrame(response.json()["predictions"])
+        assert list(predictions["label"]) == list(expected["label"]), shape
+        np.testing.assert_allclose(predictions["p_dog"], expected["p_dog"], rtol=1e-6)
+        np.testing.assert_allclose(predictions["p_cat"] + predictions["p_dog"], 1.0)
+
+
+@pytest.mark.parametrize("case", list(_bad_payloads()))
+def test_http_bad_requests_get_400_and_the_server_keeps_serving(server: str, case: str) -> None:
+    payload, reason = _bad_payloads()[case]
+    response = _post(server, payload)
+    assert response.status_code == 400, response.text[:500]
+    assert reason in response.json()["message"]
+    good = _post(server, {"dataframe_records": [{"image": _b64(_good_files()["photo.jpg"])}]})
+    assert good.status_code == 200 and good.json()["predictions"][0]["label"] in {"cat", "dog"}
+
+
+def test_http_rejects_non_json(server: str) -> None:
+    response = requests.post(f"{server}/invocations", data=b"\x00\x01", headers={"Content-Type": "application/json"},
+                             timeout=30)
+    assert 400 <= response.status_code < 500
