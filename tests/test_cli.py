@@ -1,0 +1,44 @@
+"""The `catsdogs` command: predict with the registered champion, and the augmentation preview."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from catsdogs import synthetic
+from catsdogs.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_predict_prints_label_and_probabilities_per_file(champion: dict, in_project, capsys) -> None:
+    rng = np.random.default_rng(4)
+    good = in_project / "photo.jpg"
+    synthetic.make_photo(rng).save(good)
+    grey = in_project / "grey.png"
+    synthetic.make_image("cat", rng).convert("L").save(grey)
+    broken = in_project / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    code = main(["predict", str(good), str(grey), str(broken), str(in_project / "missing.jpg")])
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert code == 1, "a file that could not be classified makes the exit status 1"
+    assert len(lines) == 2
+    for line, path in zip(lines, (good, grey)):
+        name, label, probabilities = line.split("\t")
+        assert name == str(path) and label in {"cat", "dog"}
+        p = dict(item.split("=") for item in probabilities.split())
+        assert float(p["p_cat"]) + float(p["p_dog"]) == pytest.approx(1.0, abs=2e-4)
+        assert (float(p["p_dog"]) >= 0.5) == (label == "dog")
+    assert "broken.jpg\terror: image 0: not an image" in err
+    assert "missing.jpg\terror:" in err
+
+
+def test_augment_preview_writes_a_grid(in_project, tmp_path) -> None:
+    photo = tmp_path / "photo.jpg"
+    synthetic.make_photo(np.random.default_rng(0), (200, 150)).save(photo)
+    out = tmp_path / "preview.png"
+    assert main(["augment-preview", str(photo), "--out", str(out), "--count", "7"]) == 0
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.width >= 800
