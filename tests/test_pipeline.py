@@ -22,8 +22,10 @@ pytestmark = pytest.mark.slow
 
 def _env() -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
+    # mlflow.set_tracking_uri() in other tests exports MLFLOW_TRACKING_URI: the project's own store must win.
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")}
     return {
-        **os.environ,
+        **inherited,
         "PATH": bin_dir + os.pathsep + os.environ["PATH"],
         "DVC_NO_ANALYTICS": "1",
         "MLFLOW_DISABLE_TELEMETRY": "true",

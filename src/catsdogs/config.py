@@ -205,6 +205,15 @@ class Params:
         )
 
 
+def parse_model_name(argv: list[str] | None, doc: str | None) -> str:
+    """The one argument of the per-model stages: which model (one of MODEL_NAMES)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    parser.add_argument("model", choices=MODEL_NAMES)
+    return parser.parse_args(argv).model
+
+
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
     """Load and validate params.yaml (relative to the working directory, which is the project root)."""
     path = Path(path)

@@ -10,7 +10,6 @@ misclassified images); logs all of it into the model's own MLflow run.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -23,7 +22,9 @@ import numpy as np
 from sklearn import metrics as skm
 
 from catsdogs import configure_logging
-from catsdogs.config import EVALUATION_DIR, MODEL_NAMES, MODELS_DIR, SPLITS_DIR, ConfigError, Params, load_params
+from catsdogs.config import (
+    EVALUATION_DIR, MODELS_DIR, SPLITS_DIR, ConfigError, Params, load_params, parse_model_name,
+)
 from catsdogs.data import LabelledImage, MissingInputError, batched, image_dataset, manifest_path, read_manifest
 from catsdogs.images import read_rgb
 from catsdogs.layers import RandomShear, VGG16Preprocess  # noqa: F401  (custom layers of the saved models)
@@ -38,9 +39,7 @@ WORST_SHOWN = 12
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=MODEL_NAMES)
-    name = parser.parse_args(argv).model
+    name = parse_model_name(argv, __doc__)
     configure_logging()
     params = load_params()
     setup_mlflow(params.mlflow)

@@ -85,9 +85,11 @@ def register_model(params: Params, model_dir: Path, evaluation_dir: Path) -> dic
         client.set_model_version_tag(rule.name, version, key, str(value))
     client.update_model_version(
         rule.name, version,
-        description=(f"{model_dir.name}: {rule.metric} {validation[rule.metric]:.4f}, test accuracy "
-                     f"{test['accuracy']:.4f} on {test['images']} held-out images; data {version_tags['data_hash'][:12]}, "
-                     f"commit {version_tags['git_commit'][:12]}. Input: base64 image files; output: label and p_<class>."),
+        description=(
+            f"{model_dir.name}: {rule.metric} {validation[rule.metric]:.4f}, test accuracy {test['accuracy']:.4f} "
+            f"on {test['images']} held-out images; data {version_tags['data_hash'][:12]}, "
+            f"commit {version_tags['git_commit'][:12]}. Input: base64 image files; output: label and p_<class>."
+        ),
     )
     holder = current_holder(client, rule.name, rule.alias)
     held = float(holder.tags[rule.metric]) if holder is not None and rule.metric in holder.tags else None

@@ -236,7 +236,9 @@ def write_outputs(
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in SPLIT_NAMES:
-        rows = [[m.image.path.as_posix(), m.image.label, g.key[:16], m.sha256] for g in assignment[name] for m in g.members]
+        rows = [
+            [m.image.path.as_posix(), m.image.label, g.key[:16], m.sha256] for g in assignment[name] for m in g.members
+        ]
         _write_csv(manifest_path(name, out_dir), ["path", "label", "group", "sha256"], sorted(rows))
     _write_csv(
         out_dir / "rejected.csv",

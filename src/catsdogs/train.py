@@ -11,7 +11,6 @@ An interrupted run resumes from .backup/<name>/ (Keras BackupAndRestore, the sam
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -25,8 +24,8 @@ import numpy as np
 from catsdogs import configure_logging
 from catsdogs.augment import build_augmentation
 from catsdogs.config import (
-    BACKUP_DIR, FEATURES_DIR, MODEL_NAMES, MODELS_DIR, SPLITS_DIR, ConfigError, ModelParams, Params, flatten,
-    load_params,
+    BACKUP_DIR, FEATURES_DIR, MODELS_DIR, SPLITS_DIR, ConfigError, ModelParams, Params, flatten, load_params,
+    parse_model_name,
 )
 from catsdogs.data import MissingInputError, batched, binary_class_names, image_dataset, manifest_path, read_manifest
 from catsdogs.layers import RandomShear, VGG16Preprocess
@@ -45,9 +44,7 @@ OPTIMIZERS = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=MODEL_NAMES)
-    name = parser.parse_args(argv).model
+    name = parse_model_name(argv, __doc__)
     configure_logging()
     params = load_params()
     try:
