@@ -23,7 +23,13 @@ from sklearn import metrics as skm
 
 from catsdogs import configure_logging
 from catsdogs.config import (
-    EVALUATION_DIR, MODELS_DIR, SPLITS_DIR, ConfigError, Params, load_params, parse_model_name,
+    EVALUATION_DIR,
+    MODELS_DIR,
+    SPLITS_DIR,
+    ConfigError,
+    Params,
+    load_params,
+    parse_model_name,
 )
 from catsdogs.data import LabelledImage, MissingInputError, batched, image_dataset, manifest_path, read_manifest
 from catsdogs.images import read_rgb

@@ -12,12 +12,9 @@ import os
 import subprocess
 from pathlib import Path
 
+import mlflow
+
 from catsdogs.config import SPLIT_NAMES, SPLITS_DIR, MlflowParams
-
-# Set before mlflow is imported anywhere in this process: no usage data leaves the machine.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-import mlflow  # noqa: E402  (must follow the telemetry switch)
 
 
 def setup_mlflow(params: MlflowParams) -> str | None:

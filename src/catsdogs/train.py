@@ -24,13 +24,26 @@ import numpy as np
 from catsdogs import configure_logging
 from catsdogs.augment import build_augmentation
 from catsdogs.config import (
-    BACKUP_DIR, FEATURES_DIR, MODELS_DIR, SPLITS_DIR, ConfigError, ModelParams, Params, flatten, load_params,
+    BACKUP_DIR,
+    FEATURES_DIR,
+    MODELS_DIR,
+    SPLITS_DIR,
+    ConfigError,
+    ModelParams,
+    Params,
+    flatten,
+    load_params,
     parse_model_name,
 )
 from catsdogs.data import MissingInputError, batched, binary_class_names, image_dataset, manifest_path, read_manifest
 from catsdogs.layers import RandomShear, VGG16Preprocess
 from catsdogs.models import (
-    WeightsError, build_scratch_cnn, build_vgg16_classifier, count_params, tail_model, unfreeze_block5,
+    WeightsError,
+    build_scratch_cnn,
+    build_vgg16_classifier,
+    count_params,
+    tail_model,
+    unfreeze_block5,
 )
 from catsdogs.tracking import mlflow, run_tags, setup_mlflow
 
