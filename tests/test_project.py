@@ -60,3 +60,14 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make repro" in readme
     assert re.search(r"^make test$", ci, re.MULTILINE)
+
+
+def test_importing_the_package_turns_mlflow_telemetry_off() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")}
+    code = "import catsdogs.serve; from mlflow.telemetry.utils import is_telemetry_disabled as d; print(d())"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "True", result.stderr[-2000:]
