@@ -22,8 +22,9 @@ pytestmark = pytest.mark.slow
 
 def _env() -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
-    # mlflow.set_tracking_uri() in other tests exports MLFLOW_TRACKING_URI: the project's own store must win.
-    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")}
+    # In-process tests export MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_ID (mlflow.set_tracking_uri and
+    # set_experiment do): the subprocesses must use the temporary project's own store and experiment.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     return {
         **inherited,
         "PATH": bin_dir + os.pathsep + os.environ["PATH"],

@@ -88,9 +88,9 @@ def _free_port() -> int:
 def server(champion: dict, tiny_project: Path) -> Iterator[str]:
     port = _free_port()
     bin_dir = str(Path(sys.executable).parent)  # the server starts `uvicorn` from PATH, as in an activated venv
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tiny_project}/mlflow.db",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
-    env.pop("MLFLOW_RUN_ID", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # no leaks from other tests
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tiny_project}/mlflow.db", MLFLOW_DISABLE_TELEMETRY="true",
+               PATH=bin_dir + os.pathsep + os.environ["PATH"])
     mlflow_cli = str(Path(bin_dir) / "mlflow")
     log = (tiny_project / "serve.log").open("wb")
     process = subprocess.Popen(
