@@ -95,3 +95,22 @@ def test_interrupted_training_resumes_in_the_same_run(in_project: Path, monkeypa
     assert run["run_id"] == first_run
     history = (out / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1"] and metrics["epochs"] == 2
+
+
+def test_a_backup_left_with_other_params_is_discarded(in_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = load_params()
+    out, backup = in_project / "stale_out", in_project / ".backup" / "stale"
+    with monkeypatch.context() as patch:
+        patch.setattr(mlflow.keras.MlflowCallback, "on_epoch_end", _raise_interrupt)
+        with pytest.raises(_Interrupt):
+            train_model("scratch", params, out, backup)
+    stale_run = (backup / "run_id").read_text()
+    (backup / "params.json").write_text("{}")  # as if the interrupted run had other params
+    train_model("scratch", params, out, backup)
+    client = mlflow.MlflowClient()
+    assert json.loads((out / "run.json").read_text())["run_id"] != stale_run
+    assert client.get_run(stale_run).info.status == "KILLED"
+
+
+def _raise_interrupt(self, epoch, logs=None):
+    raise _Interrupt

@@ -112,6 +112,10 @@ def resumable_run(backup_dir: Path, flat_params: dict) -> str | None:
     current = json.dumps(flat_params, sort_keys=True)
     if run_file.is_file() and params_file.is_file() and params_file.read_text() == current:
         return run_file.read_text().strip()
+    if run_file.is_file():  # the stale run will never finish: say so in MLflow rather than leave it RUNNING
+        stale = run_file.read_text().strip()
+        log.warning("params changed since run %s was interrupted: starting over; marking it KILLED", stale)
+        mlflow.MlflowClient().set_terminated(stale, "KILLED")
     shutil.rmtree(backup_dir, ignore_errors=True)
     backup_dir.mkdir(parents=True)
     params_file.write_text(current)
