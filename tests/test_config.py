@@ -34,6 +34,12 @@ def test_project_params_load_with_pinned_defaults() -> None:
         ({"split.train": 1000, "split.val": 0.5}, "whole image counts"),
         ({"pretrained.weights": "resnet"}, "pretrained.weights"),
         ({"data.retries": -1}, "data.retries"),
+        ({"models.scratch.schedule": "linear"}, "schedule must be one of constant, plateau, cosine"),
+        ({"models.scratch.schedule": "plateau"}, "reduce_lr_patience must be > 0 with schedule: plateau"),
+        ({"models.scratch.reduce_lr_patience": 2}, "reduce_lr_patience must be > 0 with schedule: plateau"),
+        ({"models.scratch.init_from": "augmented"}, "models.scratch.init_from must be null"),
+        ({"models.augmented.init_from": "feature_extraction"}, "models.augmented.init_from must be one of scratch"),
+        ({"models.fine_tuning.init_from": "scratch"}, "init_from must be one of feature_extraction"),
     ],
 )
 def test_bad_values_are_rejected(overrides: dict, message: str) -> None:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from catsdogs.config import BACKUP_DIR, FEATURES_DIR, MODEL_NAMES, MODELS_DIR, load_params
-from catsdogs.train import train_model
-from conftest import SIZE
+from catsdogs.models import build_scratch_cnn
+from catsdogs.train import compile_model, train_model
+from conftest import SIZE, make_params
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +65,27 @@ def test_fine_tuning_starts_from_the_feature_extraction_head(trained: dict, in_p
     assert head.kernel.shape == tuned.get_layer("head_dense").kernel.shape
     # One epoch at a learning rate of 1e-5 moves the head only a little from where it started.
     assert np.abs(head.kernel.numpy() - tuned.get_layer("head_dense").kernel.numpy()).max() < 0.05
+
+
+def test_augmented_starts_from_the_trained_scratch_cnn(trained: dict, in_project: Path) -> None:
+    scratch = keras.models.load_model(MODELS_DIR / "scratch" / "model.keras")
+    augmented = keras.models.load_model(MODELS_DIR / "augmented" / "model.keras")
+    random = build_scratch_cnn(SIZE, 0.5, None)
+    for start, tuned, fresh in zip(scratch.trainable_weights, augmented.trainable_weights, random.trainable_weights):
+        # a few Adam steps at 5e-4 move each weight by a few thousandths; a fresh start is far away
+        assert np.abs(start.numpy() - tuned.numpy()).max() < 0.01
+    assert max(np.abs(a.numpy() - b.numpy()).max() for a, b in zip(augmented.trainable_weights,
+                                                                    random.trainable_weights)) > 0.05
+
+
+def test_cosine_schedule_decays_over_the_epoch_budget() -> None:
+    params = make_params(**{"models.scratch.schedule": "cosine", "models.scratch.epochs": 4})
+    model = build_scratch_cnn(SIZE, 0.0, None)
+    compile_model(model, params.models["scratch"], steps_per_epoch=10)
+    schedule = model.optimizer._learning_rate  # the public learning_rate is its current value
+    assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+    assert float(schedule(0)) == pytest.approx(params.models["scratch"].learning_rate)
+    assert float(schedule(40)) == pytest.approx(0.0, abs=1e-9)
 
 
 class _Interrupt(Exception):

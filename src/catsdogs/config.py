@@ -28,6 +28,9 @@ REPORTS_DIR = Path("reports")
 BACKUP_DIR = Path(".backup")  # interrupted training resumes from here; outside DVC's outputs
 MODEL_NAMES = ("scratch", "augmented", "feature_extraction", "fine_tuning")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
+SCHEDULES = ("constant", "plateau", "cosine")
+# Which trained model another may start from: the same architecture, earlier in the pipeline.
+INIT_SOURCES = {"augmented": ("scratch",), "fine_tuning": ("feature_extraction",)}
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 FILL_MODES = ("nearest", "reflect", "constant", "wrap")
 
@@ -132,12 +135,17 @@ class ModelParams:
     learning_rate: float
     augment: bool
     dropout: float
+    schedule: str  # constant | plateau (halve after reduce_lr_patience bad epochs) | cosine (to 0 over epochs)
     early_stopping_patience: int  # epochs without val_loss improvement before stopping; 0: never stop early
-    reduce_lr_patience: int  # epochs without improvement before halving the learning rate; 0: constant
+    reduce_lr_patience: int  # with schedule: plateau
+    init_from: str | None  # start from this trained model's weights (see INIT_SOURCES); null: from scratch
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0 and self.batch_size > 0, "models.*.epochs and batch_size must be > 0")
         _one_of("models.*.optimizer", self.optimizer, OPTIMIZERS)
+        _one_of("models.*.schedule", self.schedule, SCHEDULES)
+        _require((self.schedule == "plateau") == (self.reduce_lr_patience > 0),
+                 "models.*.reduce_lr_patience must be > 0 with schedule: plateau, and 0 otherwise")
         _require(0 < self.learning_rate < 1, "models.*.learning_rate must be in (0, 1)")
         _require(0 <= self.dropout < 1, "models.*.dropout must be in [0, 1)")
         _require(self.early_stopping_patience >= 0 and self.reduce_lr_patience >= 0, "patience must be >= 0")
@@ -203,6 +211,12 @@ class Params:
             sorted(self.models) == sorted(MODEL_NAMES),
             f"models must have exactly the sections {', '.join(MODEL_NAMES)}; got {', '.join(self.models)}",
         )
+        for name, settings in self.models.items():
+            sources = INIT_SOURCES.get(name, ())
+            if settings.init_from is not None and not sources:
+                raise ConfigError(f"models.{name}.init_from must be null: no other model has its architecture")
+            if settings.init_from is not None:
+                _one_of(f"models.{name}.init_from", settings.init_from, sources)
 
 
 def parse_model_name(argv: list[str] | None, doc: str | None) -> str:

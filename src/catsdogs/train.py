@@ -151,12 +151,14 @@ def prepare(name: str, params: Params):
         train = read_manifest(manifest_path("train", SPLITS_DIR))
         class_names = binary_class_names(train)
         model = build_scratch_cnn(params.image_size, settings.dropout, augmentation)
+        if settings.init_from:
+            copy_weights(load_trained(settings.init_from), model)
         size, max_pixels = params.image_size, params.split.max_pixels
         train_ds = batched(image_dataset(train, class_names, size, max_pixels), settings.batch_size,
                            shuffle_seed=params.train.seed)
         val = read_manifest(manifest_path("val", SPLITS_DIR))
         val_ds = batched(image_dataset(val, class_names, size, max_pixels), settings.batch_size)
-        compile_model(model, settings)
+        compile_model(model, settings, steps_per_epoch=int(train_ds.cardinality()))
         return model, model, train_ds, val_ds, class_names
 
     features = load_features(FEATURES_DIR, use_augmented_views=settings.augment)
@@ -169,15 +171,37 @@ def prepare(name: str, params: Params):
         val = (block5.predict(features["val_x"], batch_size=64, verbose=0), features["val_y"])
         fit_model = tail_model(model, after="block5_pool")
     else:
-        source = MODELS_DIR / "feature_extraction" / "model.keras"
-        if not source.is_file():
-            raise MissingInputError(f"{source} is missing; run: dvc repro train_feature_extraction")
-        model = unfreeze_block5(keras.models.load_model(source))
+        if settings.init_from:
+            model = load_trained(settings.init_from)
+        else:
+            model = build_vgg16_classifier(params.image_size, params.pretrained.weights, settings.dropout, augmentation)
+        model = unfreeze_block5(model)
         train = (features["train_x"], features["train_y"])
         val = (features["val_x"], features["val_y"])
         fit_model = tail_model(model, after="block4_pool")
-    compile_model(fit_model, settings)
+    compile_model(fit_model, settings, steps_per_epoch=-(-len(train[1]) // settings.batch_size))
     return model, fit_model, train, val, class_names
+
+
+def load_trained(name: str) -> keras.Model:
+    source = MODELS_DIR / name / "model.keras"
+    if not source.is_file():
+        raise MissingInputError(f"{source} is missing; run: dvc repro train_{name}")
+    return keras.models.load_model(source)
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Start `target` from `source`'s trained weights: the same layers, augmentation aside (it has none)."""
+    pairs = list(zip(source.trainable_weights, target.trainable_weights))
+    if len(source.trainable_weights) != len(target.trainable_weights):
+        raise ConfigError(f"cannot start from {source.name}: it has {len(source.trainable_weights)} weight "
+                          f"tensors, this model {len(target.trainable_weights)}")
+    for src, dst in pairs:
+        if src.shape != dst.shape:
+            raise ConfigError(f"cannot start from {source.name}: weight {src.path} is {src.shape}, "
+                              f"{dst.path} is {dst.shape} (was it trained at another image_size?)")
+    for src, dst in pairs:
+        dst.assign(src)
 
 
 def load_features(folder: Path, use_augmented_views: bool) -> dict:
@@ -194,9 +218,12 @@ def load_features(folder: Path, use_augmented_views: bool) -> dict:
             "val_x": np.load(folder / "val_block4.npy"), "val_y": np.load(folder / "val_labels.npy")}
 
 
-def compile_model(model: keras.Model, settings: ModelParams) -> None:
+def compile_model(model: keras.Model, settings: ModelParams, steps_per_epoch: int) -> None:
+    learning_rate = settings.learning_rate
+    if settings.schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, settings.epochs * steps_per_epoch)
     model.compile(
-        optimizer=OPTIMIZERS[settings.optimizer](settings.learning_rate),
+        optimizer=OPTIMIZERS[settings.optimizer](learning_rate),
         loss="binary_crossentropy",
         metrics=["accuracy"],
     )
@@ -216,7 +243,7 @@ def fit(model: keras.Model, train_data, val_data, settings: ModelParams, backup_
     if settings.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=settings.early_stopping_patience, restore_best_weights=True))
-    if settings.reduce_lr_patience:
+    if settings.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=0.5, patience=settings.reduce_lr_patience, min_lr=1e-7))
     x, *y = _xy(train_data)
