@@ -61,9 +61,13 @@ def build_vgg16_classifier(
     # training=False keeps the base in inference mode even when block5 is later unfrozen.
     x = base(x, training=False)
     x = keras.layers.Flatten()(x)
+    # Dropout on the 8,192 frozen features too, not only after Dense 256: otherwise the head learns
+    # the few cached views of each training image by heart and is over-confident on new photos.
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="features_dropout")(x)
     x = keras.layers.Dense(256, activation="relu", name="head_dense")(x)
     if dropout:
-        x = keras.layers.Dropout(dropout)(x)
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="p_dog")(x)
     return keras.Model(inputs, outputs, name="vgg16_classifier")
 
