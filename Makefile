@@ -1,6 +1,7 @@
 # Two commands for a fresh machine with Python 3.11+ and pip:
 #   make repro   set up .venv and run the pipeline (dvc repro)
 #   make test    set up .venv and run the test suite
+#   make bench   the performance benchmark on the real data (../shared), reports/benchmark.md
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 # Quieter TensorFlow start-up logs.
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: repro test venv ui clean
+.PHONY: repro test bench venv ui clean
 
 venv: $(STAMP)
 
@@ -29,6 +30,11 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+# The performance benchmark (bench/README.md): about an hour on 2 CPU cores; needs ../shared.
+bench: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run.py \
+		--data ../shared/data/cats_and_dogs_filtered.zip --weights ../shared/weights/vgg16_notop.h5
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db

@@ -1,0 +1,98 @@
+"""The whole default pipeline from an empty cache, timed stage by stage, with its peak memory.
+
+    python bench/repro.py WORKSPACE [--out reports/benchmark_repro.json]
+
+Runs `dvc repro` (download to register) in WORKSPACE, a fresh clone made by bench/run.py, and
+follows its output: a stage lasts from DVC's "Running stage" line to the next one (so DVC's caching
+of its outputs counts too). Memory: the resident set of the whole process tree (dvc and the stage
+it runs), sampled every 0.2 s; its maximum per stage and overall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
+GIB = 1024**3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workspace", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("reports/benchmark_repro.json"))
+    args = parser.parse_args()
+    result = timed_repro(args.workspace)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def timed_repro(workspace: Path, env: dict | None = None) -> dict:
+    started = time.perf_counter()
+    process = subprocess.Popen(["dvc", "repro"], cwd=workspace, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, bufsize=1)
+    sampler = MemorySampler(process.pid)
+    sampler.start()
+    stages: list[dict] = []
+    for line in process.stdout:
+        sys.stdout.write(line)
+        match = STAGE_LINE.match(line)
+        if match:
+            now = time.perf_counter() - started
+            if stages:
+                stages[-1]["seconds"] = round(now - stages[-1].pop("start"), 1)
+            stages.append({"stage": match.group(1), "start": now})
+            sampler.stage = match.group(1)
+    returncode = process.wait()
+    total = time.perf_counter() - started
+    sampler.stop()
+    if stages:
+        stages[-1]["seconds"] = round(total - stages[-1].pop("start"), 1)
+    for stage in stages:
+        stage["peak_rss_gib"] = round(sampler.peaks.get(stage["stage"], 0) / GIB, 2)
+    if returncode:
+        raise SystemExit(f"dvc repro failed with exit code {returncode} (its output is above)")
+    return {"command": "dvc repro", "total_seconds": round(total, 1),
+            "peak_rss_gib": round(max(sampler.peaks.values(), default=0) / GIB, 2), "stages": stages}
+
+
+class MemorySampler(threading.Thread):
+    """Largest summed RSS of a process and its descendants, per current stage."""
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        super().__init__(daemon=True)
+        self.root, self.interval = psutil.Process(pid), interval
+        self.stage = "(dvc start-up)"
+        self.peaks: dict[str, int] = {}
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                processes = [self.root, *self.root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            rss = 0
+            for process in processes:
+                try:
+                    rss += process.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            self.peaks[self.stage] = max(self.peaks.get(self.stage, 0), rss)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+if __name__ == "__main__":
+    main()

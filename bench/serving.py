@@ -1,0 +1,156 @@
+"""Latency and throughput of the champion served by `mlflow models serve --env-manager local`.
+
+    python bench/serving.py WORKSPACE [--seconds 60] [--clients 4] [--out reports/benchmark_serving.json]
+
+In WORKSPACE (a project folder after `dvc repro`): starts the server on a free local port, then
+1. sequential: one client, one 150x150 JPEG per request (a test image, resized), --requests times;
+2. concurrent: --clients clients, each sending that request back to back for --seconds.
+Every request is a real HTTP POST of base64 JPEG to /invocations; anything but HTTP 200 with one
+prediction counts as an error. Reports p50/p95/p99 latency (ms) and images per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workspace", type=Path)
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--out", type=Path, default=Path("reports/benchmark_serving.json"))
+    args = parser.parse_args()
+    result = benchmark(args.workspace, args.requests, args.clients, args.seconds)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def benchmark(workspace: Path, sequential: int, clients: int, seconds: float) -> dict:
+    image_path, body = request_body(workspace)
+    with served_champion(workspace) as url:
+        session = requests.Session()
+        for _ in range(5):  # warm-up: the first calls build TensorFlow's kernels
+            if not post(session, url, body)[1]:
+                raise SystemExit(f"the served model does not answer {url} correctly; see serve.log")
+        single = [post(session, url, body) for _ in range(sequential)]
+        concurrent = load_test(url, body, clients, seconds)
+    return {
+        "model": "models:/catsdogs@champion",
+        "command": "mlflow models serve -m models:/catsdogs@champion --env-manager local",
+        "image": f"{image_path.name}, resized to 150x150, JPEG quality 90, {len(body)} bytes of JSON",
+        "sequential": {"requests": sequential, "errors": sum(not ok for _, ok in single),
+                       **percentiles([ms for ms, _ in single])},
+        "concurrent": concurrent,
+    }
+
+
+def request_body(workspace: Path) -> tuple[Path, bytes]:
+    with (workspace / "data/splits/test.csv").open(newline="") as f:
+        first = next(csv.DictReader(f))
+    path = workspace / first["path"]
+    buffer = io.BytesIO()
+    Image.open(path).convert("RGB").resize((150, 150)).save(buffer, "JPEG", quality=90)
+    image = base64.b64encode(buffer.getvalue()).decode()
+    return path, json.dumps({"dataframe_records": [{"image": image}]}).encode()
+
+
+def post(session: requests.Session, url: str, body: bytes) -> tuple[float, bool]:
+    started = time.perf_counter()
+    try:
+        response = session.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=60)
+        ok = response.status_code == 200 and len(response.json()["predictions"]) == 1
+    except (requests.RequestException, ValueError, KeyError):
+        ok = False
+    return (time.perf_counter() - started) * 1000, ok
+
+
+def load_test(url: str, body: bytes, clients: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client() -> None:
+        session = requests.Session()
+        while time.perf_counter() < deadline:
+            ms, ok = post(session, url, body)
+            with lock:
+                latencies.append(ms)
+                errors[0] += not ok
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    return {"clients": clients, "seconds": round(elapsed, 1), "requests": len(latencies), "errors": errors[0],
+            "images_per_second": round((len(latencies) - errors[0]) / elapsed, 1), **percentiles(latencies)}
+
+
+def percentiles(latencies_ms: list[float]) -> dict:
+    p50, p95, p99 = np.percentile(latencies_ms, [50, 95, 99])
+    return {"p50_ms": round(p50, 1), "p95_ms": round(p95, 1), "p99_ms": round(p99, 1)}
+
+
+class served_champion:
+    """`mlflow models serve` of the champion in its own process group, stopped on exit."""
+
+    def __init__(self, workspace: Path):
+        self.workspace = workspace
+
+    def __enter__(self) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{self.workspace.resolve()}/mlflow.db"}
+        self.log = (self.workspace / "serve.log").open("w")
+        self.process = subprocess.Popen(
+            ["mlflow", "models", "serve", "-m", "models:/catsdogs@champion", "--env-manager", "local",
+             "--host", "127.0.0.1", "--port", str(port)],
+            cwd=self.workspace, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"mlflow models serve exited; see {self.workspace / 'serve.log'}")
+            try:
+                if requests.get(f"{base}/ping", timeout=2).status_code == 200:
+                    return f"{base}/invocations"
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        self.__exit__()
+        raise SystemExit("mlflow models serve did not answer /ping within 300 s")
+
+    def __exit__(self, *exc) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
