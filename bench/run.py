@@ -28,10 +28,11 @@ from pathlib import Path
 import psutil
 import yaml
 
+from catsdogs.report import BOOK_ACCURACY
+
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "reports"
 PARTS = ("repro", "pipeline", "serving")
-BOOK = {"scratch": 0.739, "augmented": 0.801, "feature_extraction": 0.904, "fine_tuning": 0.931}
 TARGET = {"scratch": 0.74, "augmented": 0.84, "feature_extraction": 0.96, "fine_tuning": 0.975}
 LIMITS = {"repro_minutes": 45, "peak_rss_gib": 6, "speedup": 2.0, "serving_p50_ms": 150}
 
@@ -54,7 +55,7 @@ def main() -> None:
         run([*bench, ROOT / "bench/pipeline.py", "--out", REPORTS / "benchmark_pipeline.json"], workspace, env)
     if "serving" in args.only:
         run([*bench, ROOT / "bench/serving.py", workspace, "--out", REPORTS / "benchmark_serving.json"], workspace, env)
-    write_report(workspace, args)
+    write_report(workspace)
 
 
 def bench_env(workspace: Path) -> dict:
@@ -88,9 +89,10 @@ def load(name: str) -> dict | None:
 def machine() -> dict:
     import tensorflow as tf
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    flags = Path("/proc/cpuinfo").read_text().split()
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+               platform.processor())
+    flags = cpuinfo.split()
     return {
         "cpu": cpu, "cores": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
         "cpu_features": ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags),
@@ -103,22 +105,22 @@ def machine() -> dict:
 
 def accuracies(workspace: Path) -> dict:
     out = {}
-    for name in BOOK:
+    for name in BOOK_ACCURACY:
         path = workspace / "evaluation" / name / "metrics.json"
         if path.is_file():
             out[name] = json.loads(path.read_text())["accuracy"]
     return out
 
 
-def write_report(workspace: Path, args: argparse.Namespace) -> None:
+def write_report(workspace: Path) -> None:
     repro, pipeline, serving = load("repro"), load("pipeline"), load("serving")
     accuracy = accuracies(workspace)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workspace, capture_output=True, text=True).stdout.strip()
     summary = {"commit": commit, "machine": machine(), "test_accuracy": accuracy,
-               "book_accuracy": BOOK, "target_accuracy": TARGET, "limits": LIMITS,
+               "book_accuracy": BOOK_ACCURACY, "target_accuracy": TARGET, "limits": LIMITS,
                "repro": repro, "pipeline": pipeline, "serving": serving}
     (REPORTS / "benchmark.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (REPORTS / "benchmark.md").write_text(markdown(summary, args))
+    (REPORTS / "benchmark.md").write_text(markdown(summary))
     print(f"wrote {REPORTS / 'benchmark.md'} and {REPORTS / 'benchmark.json'}")
 
 
@@ -126,7 +128,7 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
-def markdown(s: dict, args: argparse.Namespace) -> str:
+def markdown(s: dict) -> str:
     m = s["machine"]
     lines = [
         "# Benchmark: the default pipeline on this machine",

@@ -192,10 +192,10 @@ def load_trained(name: str) -> keras.Model:
 
 def copy_weights(source: keras.Model, target: keras.Model) -> None:
     """Start `target` from `source`'s trained weights: the same layers, augmentation aside (it has none)."""
-    pairs = list(zip(source.trainable_weights, target.trainable_weights))
     if len(source.trainable_weights) != len(target.trainable_weights):
         raise ConfigError(f"cannot start from {source.name}: it has {len(source.trainable_weights)} weight "
                           f"tensors, this model {len(target.trainable_weights)}")
+    pairs = list(zip(source.trainable_weights, target.trainable_weights))
     for src, dst in pairs:
         if src.shape != dst.shape:
             raise ConfigError(f"cannot start from {source.name}: weight {src.path} is {src.shape}, "
