@@ -89,6 +89,8 @@ def load(name: str) -> dict | None:
 def machine() -> dict:
     import tensorflow as tf
 
+    from catsdogs.train import fast_bfloat16
+
     cpuinfo = Path("/proc/cpuinfo").read_text()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
                platform.processor())
@@ -96,7 +98,8 @@ def machine() -> dict:
     return {
         "cpu": cpu, "cores": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
         "cpu_features": ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags),
-        "gpu": bool(tf.config.list_physical_devices("GPU")), "python": platform.python_version(),
+        "gpu": bool(tf.config.list_physical_devices("GPU")), "fast_bfloat16": fast_bfloat16(),
+        "python": platform.python_version(),
         "tensorflow": tf.__version__, "keras": __import__("keras").__version__,
         "mlflow": __import__("mlflow").__version__,
         "dvc": subprocess.run(["dvc", "--version"], capture_output=True, text=True).stdout.strip(),
@@ -185,6 +188,21 @@ def markdown(s: dict) -> str:
             d = pipeline[side]
             lines.append(f"| {side}: {d['pipeline']} | {d['precision']} | {d['TF_ENABLE_ONEDNN_OPTS']} | "
                          f"{', '.join(map(str, d['epoch_images_per_second']))} | {d['images_per_second']} |")
+        ceiling = pipeline.get("ceiling")
+        if ceiling:
+            for precision, rate in ceiling["images_per_second"].items():
+                lines.append(f"| ceiling: one batch in memory, no augmentation | {precision} | "
+                             f"{ceiling['TF_ENABLE_ONEDNN_OPTS']} | | {rate} |")
+            needed = s["limits"]["speedup"] * pipeline["legacy"]["images_per_second"]
+            lines += [
+                "",
+                f"The ceiling rows train the same CNN with no input pipeline at all: no pipeline can feed it faster "
+                f"on this machine. {s['limits']['speedup']}x the legacy pipeline needs {needed:.1f} images/s; the "
+                f"fastest ceiling is {pipeline['ceiling_speedup']:.2f}x the legacy pipeline, and ours reaches "
+                f"{pipeline['ours']['images_per_second'] / max(ceiling['images_per_second'].values()):.0%} of it. "
+                f"`train.precision: auto` picks bfloat16 only on a GPU or a CPU with AVX512-BF16 or AMX "
+                f"({'present' if s['machine'].get('fast_bfloat16') else 'absent here'}).",
+            ]
     serving = s["serving"]
     if serving:
         seq, con = serving["sequential"], serving["concurrent"]

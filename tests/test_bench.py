@@ -31,6 +31,11 @@ def test_pipeline_benchmark_compares_the_book_generator_with_ours(tiny_project: 
     assert legacy["TF_ENABLE_ONEDNN_OPTS"].startswith("unset") and ours["TF_ENABLE_ONEDNN_OPTS"] == "1"
     assert legacy["images_per_epoch"] == ours["images_per_epoch"] == 24
     assert result["speedup"] == pytest.approx(ours["images_per_second"] / legacy["images_per_second"], rel=0.01)
+    ceiling = result["ceiling"]  # the model alone, fed from memory, in both precisions, with ours' kernels
+    assert ceiling["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    assert set(ceiling["images_per_second"]) == {"float32", "mixed_bfloat16"}
+    assert result["ceiling_speedup"] == pytest.approx(
+        max(ceiling["images_per_second"].values()) / legacy["images_per_second"], rel=0.01)
 
 
 def test_serving_benchmark_counts_requests_and_errors(champion: dict, tiny_project: Path, tmp_path: Path) -> None:

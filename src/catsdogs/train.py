@@ -126,12 +126,12 @@ def set_precision(setting: str) -> str:
     """`auto`: bfloat16 where the hardware runs it fast (a GPU, or a CPU with AVX512-BF16/AMX), else float32."""
     policy = setting
     if setting == "auto":
-        policy = "mixed_bfloat16" if _fast_bfloat16() else "float32"
+        policy = "mixed_bfloat16" if fast_bfloat16() else "float32"
     keras.mixed_precision.set_global_policy(policy)
     return policy
 
 
-def _fast_bfloat16() -> bool:
+def fast_bfloat16() -> bool:
     import tensorflow as tf
 
     if tf.config.list_physical_devices("GPU"):
