@@ -71,3 +71,27 @@ def test_importing_the_package_turns_mlflow_telemetry_off() -> None:
     code = "import catsdogs.serve; from mlflow.telemetry.utils import is_telemetry_disabled as d; print(d())"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "True", result.stderr[-2000:]
+
+
+def test_onednn_default_is_not_mistaken_for_a_user_choice_in_child_processes() -> None:
+    """Training turns oneDNN on by default, serving off; a child of a catsdogs process (a dvc stage,
+    `mlflow models serve`) inherits the default but must still see it as a default, not a choice."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, catsdogs; print(catsdogs.ONEDNN_SET_BY_USER, os.environ['TF_ENABLE_ONEDNN_OPTS']); "
+            "import catsdogs.serve; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])")
+    clean = {k: v for k, v in os.environ.items() if "ONEDNN_OPTS" not in k}
+
+    def child(**env: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.split()
+
+    assert child() == ["False", "1", "0"]  # training default on, serving turns it off
+    inherited = {"TF_ENABLE_ONEDNN_OPTS": "1", "CATSDOGS_DEFAULT_TF_ENABLE_ONEDNN_OPTS": "1"}
+    assert child(**inherited) == ["False", "1", "0"]
+    assert child(TF_ENABLE_ONEDNN_OPTS="1") == ["True", "1", "1"]  # the user's choice holds, serving too
+    assert child(**{**inherited, "TF_ENABLE_ONEDNN_OPTS": "0"}) == ["True", "0", "0"]

@@ -10,9 +10,13 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # extensions, yet on an AVX2-only CPU they also train the book CNN about 1.7x faster at float32
 # (`python bench/kernels.py` measures it). TF_ENABLE_ONEDNN_OPTS=0 restores TensorFlow's own choice.
 # Serving answers one image at a time, where TensorFlow's own kernels are faster: serve.py turns
-# oneDNN off again unless the user chose (ONEDNN_SET_BY_USER).
-ONEDNN_SET_BY_USER = "TF_ENABLE_ONEDNN_OPTS" in os.environ
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# oneDNN off again unless the user chose (ONEDNN_SET_BY_USER). The mark tells child processes
+# (dvc stages, `mlflow models serve`) that the value they inherit is this default, not a choice.
+_ONEDNN_DEFAULT_MARK = "CATSDOGS_DEFAULT_TF_ENABLE_ONEDNN_OPTS"
+ONEDNN_SET_BY_USER = "TF_ENABLE_ONEDNN_OPTS" in os.environ and (
+    os.environ.get(_ONEDNN_DEFAULT_MARK) != os.environ["TF_ENABLE_ONEDNN_OPTS"])
+if not ONEDNN_SET_BY_USER:
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = os.environ[_ONEDNN_DEFAULT_MARK] = "1"
 
 
 def configure_logging(level: int = logging.INFO) -> None:
