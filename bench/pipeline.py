@@ -79,7 +79,7 @@ def measure(side: str, epochs: int) -> dict:
     keras.utils.set_random_seed(params.train.seed)
     if side == "ceiling":
         return {"TF_ENABLE_ONEDNN_OPTS": onednn, "batch_size": settings.batch_size, "images_per_second": {
-            precision: in_memory_rate(keras, params, precision) for precision in CEILING_PRECISIONS}}
+            precision: in_memory_rate(params, precision) for precision in CEILING_PRECISIONS}}
     train = read_manifest(manifest_path("train", SPLITS_DIR))
     class_names = binary_class_names(train)
     size = params.image_size
@@ -108,7 +108,7 @@ def measure(side: str, epochs: int) -> dict:
     }
 
 
-def in_memory_rate(keras, params, precision: str, steps: int = 8) -> float:
+def in_memory_rate(params, precision: str, steps: int = 8) -> float:
     """Training images/s of the CNN on one batch already in memory: no input pipeline, no augmentation."""
     import numpy as np
 

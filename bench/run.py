@@ -28,7 +28,6 @@ from pathlib import Path
 import psutil
 import yaml
 
-import catsdogs
 from catsdogs.report import BOOK_ACCURACY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,8 +61,6 @@ def main() -> None:
 def bench_env(workspace: Path) -> dict:
     """The workspace's own code (not an editable install of this checkout), the venv's tools, no telemetry."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    if not catsdogs.ONEDNN_SET_BY_USER:  # the stages and the server choose their own kernels, as for a user
-        env.pop("TF_ENABLE_ONEDNN_OPTS", None)
     env.update(PYTHONPATH=str(workspace / "src"), PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
                MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", DVC_NO_ANALYTICS="1", TF_CPP_MIN_LOG_LEVEL="2")
     return env
