@@ -43,12 +43,13 @@ def measure(batch: int = 32, batches: int = 8) -> dict:
     import keras
     import numpy as np
 
+    from catsdogs.config import load_params
     from catsdogs.models import build_scratch_cnn
 
     rng = np.random.default_rng(0)
     pixels = rng.uniform(0, 255, (batch * batches, 150, 150, 3)).astype("float32")
     labels = rng.integers(0, 2, (len(pixels), 1)).astype("float32")
-    cnn = build_scratch_cnn(150, 0.5, None)
+    cnn = build_scratch_cnn(150, 0.5, None, load_params().cnn)
     cnn.compile(optimizer="adam", loss="binary_crossentropy")
     cnn.fit(pixels[:batch], labels[:batch], batch_size=batch, verbose=0)  # builds the kernels
     started = time.perf_counter()

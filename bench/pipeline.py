@@ -85,11 +85,12 @@ def measure(side: str, epochs: int) -> dict:
     size = params.image_size
     if side == "legacy":
         precision = set_precision("float32")
-        model = build_scratch_cnn(size, settings.dropout, None)
+        model = build_scratch_cnn(size, settings.dropout, None, params.cnn)
         data = legacy_generator(train, size, settings.batch_size, params.train.seed)
     else:
         precision = set_precision(params.train.precision)
-        model = build_scratch_cnn(size, settings.dropout, build_augmentation(params.augment, params.train.seed))
+        augmentation = build_augmentation(params.augment, params.train.seed)
+        model = build_scratch_cnn(size, settings.dropout, augmentation, params.cnn)
         data = batched(image_dataset(train, class_names, size, params.split.max_pixels), settings.batch_size,
                        shuffle_seed=params.train.seed)
     compile_model(model, settings, steps_per_epoch=-(-len(train) // settings.batch_size))
@@ -117,7 +118,7 @@ def in_memory_rate(params, precision: str, steps: int = 8) -> float:
 
     settings = params.models["augmented"]
     set_precision(precision)
-    model = build_scratch_cnn(params.image_size, settings.dropout, None)
+    model = build_scratch_cnn(params.image_size, settings.dropout, None, params.cnn)
     compile_model(model, settings, steps_per_epoch=steps)
     rng = np.random.default_rng(params.train.seed)
     x = rng.uniform(0, 255, (settings.batch_size, params.image_size, params.image_size, 3)).astype("float32")

@@ -45,7 +45,8 @@ def test_flip_only_gives_the_image_or_its_mirror() -> None:
 
 
 def test_model_with_augmentation_saves_and_loads(tmp_path: Path) -> None:
-    model = build_scratch_cnn(48, 0.0, build_augmentation(make_params().augment, seed=1))
+    params = make_params()
+    model = build_scratch_cnn(48, 0.0, build_augmentation(params.augment, seed=1), params.cnn)
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(loaded.predict(PIXELS, verbose=0), model.predict(PIXELS, verbose=0), rtol=1e-5)

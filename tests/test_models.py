@@ -8,15 +8,18 @@ import keras
 import numpy as np
 import pytest
 
+from catsdogs.config import CnnParams
 from catsdogs.layers import VGG16Preprocess
 from catsdogs.models import (
     WeightsError, build_scratch_cnn, build_vgg16_classifier, count_params, load_vgg16_base, tail_model,
     unfreeze_block5,
 )
 
+CNN = CnnParams(centered_inputs=True, initializer="he_uniform")
+
 
 def test_book_parameter_counts_at_150() -> None:
-    assert count_params(build_scratch_cnn(150, 0.5, None)) == (3_453_121, 0)
+    assert count_params(build_scratch_cnn(150, 0.5, None, CNN)) == (3_453_121, 0)
     vgg = build_vgg16_classifier(150, None, 0.5, None)
     assert count_params(vgg) == (2_097_665, 14_714_688)
     trainable, frozen = count_params(unfreeze_block5(vgg))
@@ -29,11 +32,22 @@ def test_book_parameter_counts_at_150() -> None:
 
 def test_models_take_raw_pixels_of_any_batch_size() -> None:
     rng = np.random.default_rng(0)
-    for model in (build_scratch_cnn(48, 0.0, None), build_vgg16_classifier(48, None, 0.0, None)):
+    for model in (build_scratch_cnn(48, 0.0, None, CNN), build_vgg16_classifier(48, None, 0.0, None)):
         for batch in (1, 3):
             p = model.predict(rng.integers(0, 256, (batch, 48, 48, 3)).astype("float32"), verbose=0)
             assert p.shape == (batch, 1) and np.all((p >= 0) & (p <= 1))
-    assert any(isinstance(layer, keras.layers.Rescaling) for layer in build_scratch_cnn(48, 0, None).layers)
+
+
+def test_cnn_params_choose_the_pixel_scaling_and_the_initialiser() -> None:
+    pixels = np.array([0.0, 127.5, 255.0])
+    for cnn, scaled, initializer in ((CNN, [-1.0, 0.0, 1.0], keras.initializers.HeUniform),
+                                     (CnnParams(False, "glorot_uniform"), [0.0, 0.5, 1.0],
+                                      keras.initializers.GlorotUniform)):
+        model = build_scratch_cnn(48, 0.0, None, cnn)
+        np.testing.assert_allclose(np.asarray(model.get_layer("rescale")(pixels)), scaled)
+        relu_layers = [layer for layer in model.layers if getattr(layer, "activation", None) is keras.activations.relu]
+        assert len(relu_layers) == 5
+        assert all(isinstance(layer.kernel_initializer, initializer) for layer in relu_layers)
 
 
 def test_vgg16_preprocess_layer_is_keras_preprocess_input() -> None:

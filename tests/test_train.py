@@ -15,6 +15,8 @@ from catsdogs.models import build_scratch_cnn
 from catsdogs.train import compile_model, train_model
 from conftest import SIZE, make_params
 
+CNN = make_params().cnn
+
 pytestmark = pytest.mark.slow
 
 
@@ -70,7 +72,7 @@ def test_fine_tuning_starts_from_the_feature_extraction_head(trained: dict, in_p
 def test_augmented_starts_from_the_trained_scratch_cnn(trained: dict, in_project: Path) -> None:
     scratch = keras.models.load_model(MODELS_DIR / "scratch" / "model.keras")
     augmented = keras.models.load_model(MODELS_DIR / "augmented" / "model.keras")
-    random = build_scratch_cnn(SIZE, 0.5, None)
+    random = build_scratch_cnn(SIZE, 0.5, None, CNN)
     for start, tuned, fresh in zip(scratch.trainable_weights, augmented.trainable_weights, random.trainable_weights):
         # a few Adam steps at 5e-4 move each weight by a few thousandths; a fresh start is far away
         assert np.abs(start.numpy() - tuned.numpy()).max() < 0.01
@@ -80,7 +82,7 @@ def test_augmented_starts_from_the_trained_scratch_cnn(trained: dict, in_project
 
 def test_cosine_schedule_decays_over_the_epoch_budget() -> None:
     params = make_params(**{"models.scratch.schedule": "cosine", "models.scratch.epochs": 4})
-    model = build_scratch_cnn(SIZE, 0.0, None)
+    model = build_scratch_cnn(SIZE, 0.0, None, CNN)
     compile_model(model, params.models["scratch"], steps_per_epoch=10)
     schedule = model.optimizer._learning_rate  # the public learning_rate is its current value
     assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)

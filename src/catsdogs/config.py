@@ -29,6 +29,7 @@ BACKUP_DIR = Path(".backup")  # interrupted training resumes from here; outside 
 MODEL_NAMES = ("scratch", "augmented", "feature_extraction", "fine_tuning")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 SCHEDULES = ("constant", "plateau", "cosine")
+INITIALIZERS = ("he_uniform", "glorot_uniform")
 # Which trained model another may start from: the same architecture, earlier in the pipeline.
 INIT_SOURCES = {"augmented": ("scratch",), "fine_tuning": ("feature_extraction",)}
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
@@ -163,6 +164,17 @@ class FeaturesParams:
 
 
 @dataclass(frozen=True)
+class CnnParams:
+    """The small CNN of scratch and augmented: how it scales its input pixels and initialises its layers."""
+
+    centered_inputs: bool  # true: pixels to [-1, 1]; false: to [0, 1] (the book's rescale=1/255)
+    initializer: str  # kernels of the ReLU layers: he_uniform, or glorot_uniform (Keras's default, the book's)
+
+    def __post_init__(self) -> None:
+        _one_of("cnn.initializer", self.initializer, INITIALIZERS)
+
+
+@dataclass(frozen=True)
 class TrainParams:
     seed: int
     precision: str  # auto: bfloat16 where the hardware runs it fast, float32 elsewhere
@@ -198,6 +210,7 @@ class Params:
     split: SplitParams
     pretrained: PretrainedParams
     augment: AugmentParams
+    cnn: CnnParams
     features: FeaturesParams
     train: TrainParams
     models: dict[str, ModelParams]

@@ -1,6 +1,7 @@
 """The study's four models. Each takes raw RGB pixels (0-255, image_size square) and preprocesses inside.
 
-- scratch / augmented: the book's small CNN (Conv 32-64-128-128, Dense 512, sigmoid), rescaled 1/255;
+- scratch / augmented: the book's small CNN (Conv 32-64-128-128, Dense 512, sigmoid), its pixel scaling
+  and initialisation set by the `cnn` params (default: [-1, 1] and He; the book's: [0, 1] and Glorot);
 - feature_extraction: the VGG16 conv base, frozen, with a new head (Flatten, Dense 256, sigmoid);
 - fine_tuning: the same with block5 trainable (started from the trained feature-extraction model).
 Augmentation, when given, is the first block of the model and is the identity at inference.
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import keras
 
+from catsdogs.config import CnnParams
 from catsdogs.layers import VGG16Preprocess
 
 VGG16_URL_HINT = "set pretrained.weights to a local copy of the VGG16 'notop' .h5 weights file"
@@ -21,17 +23,23 @@ class WeightsError(RuntimeError):
     """Pretrained weights could not be loaded; never fall back to random weights."""
 
 
-def build_scratch_cnn(image_size: int, dropout: float, augmentation: keras.Sequential | None) -> keras.Model:
+def build_scratch_cnn(
+    image_size: int,
+    dropout: float,
+    augmentation: keras.Sequential | None,
+    cnn: CnnParams,
+) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = augmentation(inputs) if augmentation is not None else inputs
-    x = keras.layers.Rescaling(1 / 255, name="rescale")(x)
+    scale, offset = (1 / 127.5, -1.0) if cnn.centered_inputs else (1 / 255, 0.0)
+    x = keras.layers.Rescaling(scale, offset=offset, name="rescale")(x)
     for filters in (32, 64, 128, 128):
-        x = keras.layers.Conv2D(filters, 3, activation="relu")(x)
+        x = keras.layers.Conv2D(filters, 3, activation="relu", kernel_initializer=cnn.initializer)(x)
         x = keras.layers.MaxPooling2D(2)(x)
     x = keras.layers.Flatten()(x)
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
-    x = keras.layers.Dense(512, activation="relu", name="dense_512")(x)
+    x = keras.layers.Dense(512, activation="relu", kernel_initializer=cnn.initializer, name="dense_512")(x)
     # float32 output even under mixed precision: a bfloat16 sigmoid is too coarse near 0 and 1.
     outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="p_dog")(x)
     return keras.Model(inputs, outputs, name="scratch_cnn")

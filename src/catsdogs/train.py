@@ -150,7 +150,7 @@ def prepare(name: str, params: Params):
     if name in ("scratch", "augmented"):
         train = read_manifest(manifest_path("train", SPLITS_DIR))
         class_names = binary_class_names(train)
-        model = build_scratch_cnn(params.image_size, settings.dropout, augmentation)
+        model = build_scratch_cnn(params.image_size, settings.dropout, augmentation, params.cnn)
         if settings.init_from:
             copy_weights(load_trained(settings.init_from), model)
         size, max_pixels = params.image_size, params.split.max_pixels
