@@ -1,7 +1,7 @@
 """The study's four models. Each takes raw RGB pixels (0-255, image_size square) and preprocesses inside.
 
 - scratch / augmented: the book's small CNN (Conv 32-64-128-128, Dense 512, sigmoid), its pixel scaling
-  and initialisation set by the `cnn` params (default: [-1, 1] and He; the book's: [0, 1] and Glorot);
+  and initialisation set by the `cnn` params (default: the book's [0, 1] and Glorot; or [-1, 1] and He);
 - feature_extraction: the VGG16 conv base, frozen, with a new head (Flatten, Dense 256, sigmoid);
 - fine_tuning: the same with block5 trainable (started from the trained feature-extraction model).
 Augmentation, when given, is the first block of the model and is the identity at inference.
