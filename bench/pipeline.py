@@ -98,7 +98,7 @@ def measure(side: str, epochs: int) -> dict:
     model.fit(data, epochs=epochs, callbacks=[timer], verbose=0)
     per_epoch = [len(train) / seconds for seconds in timer.seconds]
     return {
-        "pipeline": "ImageDataGenerator.flow_from_dataframe" if side == "legacy" else "tf.data + augmentation layers",
+        "pipeline": "ImageDataGenerator.flow_from_dataframe" if side == "legacy" else "tf.data + RandomAffine",
         "precision": precision,
         "TF_ENABLE_ONEDNN_OPTS": onednn,
         "batch_size": settings.batch_size,

@@ -1,10 +1,11 @@
-"""The book's data augmentation as Keras 3 preprocessing layers (active in training only).
+"""The book's data augmentation as one Keras layer (active in training only).
 
 The book's legacy generator: rotation_range=40, width/height_shift_range=0.2, shear_range=0.2,
-zoom_range=0.2, horizontal_flip=True, fill_mode="nearest". Two of its quirks are fixed here:
-`RandomRotation` takes a fraction of a full turn (40 degrees = 40/360), and the legacy
-shear_range was in *degrees* (0.2 degrees: almost nothing), so `shear` is the shear the book
-meant, as `RandomShear`'s fraction of the image (0.2 = up to 20%, about 11 degrees).
+zoom_range=0.2, horizontal_flip=True, fill_mode="nearest". Like that generator, the layer composes
+the transforms into one affine map per image and resamples once (catsdogs.layers.RandomAffine).
+One of the generator's quirks is fixed: its shear_range was in *degrees* (0.2 degrees: almost
+nothing), so `shear` is the shear the book meant, as keras.layers.RandomShear's fraction of the
+image (0.2 = up to 20%, about 11 degrees).
 """
 
 from __future__ import annotations
@@ -12,25 +13,21 @@ from __future__ import annotations
 import keras
 
 from catsdogs.config import AugmentParams
-from catsdogs.layers import RandomShear
+from catsdogs.layers import RandomAffine
 
 
-def build_augmentation(params: AugmentParams, seed: int) -> keras.Sequential:
+def build_augmentation(params: AugmentParams, seed: int) -> keras.layers.Layer:
     """Random transforms; identity when called with training=False (evaluation, serving)."""
-    layers: list[keras.layers.Layer] = []
-    if params.rotation_degrees:
-        layers.append(keras.layers.RandomRotation(params.rotation_degrees / 360, fill_mode=params.fill_mode, seed=seed))
-    if params.shift:
-        layers.append(
-            keras.layers.RandomTranslation(params.shift, params.shift, fill_mode=params.fill_mode, seed=seed + 1)
-        )
-    if params.shear:
-        layers.append(RandomShear(x_factor=params.shear, fill_mode=params.fill_mode, seed=seed + 2))
-    if params.zoom:
-        layers.append(keras.layers.RandomZoom(params.zoom, fill_mode=params.fill_mode, seed=seed + 3))
-    if params.horizontal_flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
-    return keras.Sequential(layers, name="augmentation")
+    return RandomAffine(
+        rotation_degrees=params.rotation_degrees,
+        shift=params.shift,
+        shear=params.shear,
+        zoom=params.zoom,
+        horizontal_flip=params.horizontal_flip,
+        fill_mode=params.fill_mode,
+        seed=seed,
+        name="augmentation",
+    )
 
 
 def preview_grid(params: AugmentParams, pixels, count: int, seed: int):

@@ -33,7 +33,7 @@ from catsdogs.config import (
 )
 from catsdogs.data import LabelledImage, MissingInputError, batched, image_dataset, manifest_path, read_manifest
 from catsdogs.images import read_rgb
-from catsdogs.layers import RandomShear, VGG16Preprocess  # noqa: F401  (custom layers of the saved models)
+from catsdogs.layers import RandomAffine, VGG16Preprocess  # noqa: F401  (custom layers of the saved models)
 from catsdogs.tracking import mlflow, setup_mlflow
 
 matplotlib.use("Agg")

@@ -26,7 +26,7 @@ class WeightsError(RuntimeError):
 def build_scratch_cnn(
     image_size: int,
     dropout: float,
-    augmentation: keras.Sequential | None,
+    augmentation: keras.layers.Layer | None,
     cnn: CnnParams,
 ) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
@@ -59,7 +59,7 @@ def load_vgg16_base(weights: str | None, image_size: int) -> keras.Model:
 
 
 def build_vgg16_classifier(
-    image_size: int, weights: str | None, dropout: float, augmentation: keras.Sequential | None
+    image_size: int, weights: str | None, dropout: float, augmentation: keras.layers.Layer | None
 ) -> keras.Model:
     base = load_vgg16_base(weights, image_size)
     base.trainable = False

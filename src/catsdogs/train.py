@@ -36,7 +36,7 @@ from catsdogs.config import (
     parse_model_name,
 )
 from catsdogs.data import MissingInputError, batched, binary_class_names, image_dataset, manifest_path, read_manifest
-from catsdogs.layers import RandomShear, VGG16Preprocess
+from catsdogs.layers import RandomAffine, VGG16Preprocess
 from catsdogs.models import (
     WeightsError,
     build_scratch_cnn,
@@ -297,10 +297,10 @@ def log_model(model: keras.Model, val_data, class_names: tuple[str, ...]):
         example = next(iter(val_data))[0][:1].numpy()
     signature = infer_signature(example, model.predict(example, verbose=0))
     # mlflow.tensorflow saves Keras 3 models as .keras files (mlflow.keras.log_model of MLflow 3.17
-    # fails to write an input example); custom_objects lets loaders find the VGG16 preprocessing layer.
+    # fails to write an input example); custom_objects lets loaders find the custom layers.
     return mlflow.tensorflow.log_model(
         model, name="model", signature=signature, input_example=example,
-        custom_objects={"VGG16Preprocess": VGG16Preprocess, "RandomShear": RandomShear},
+        custom_objects={"VGG16Preprocess": VGG16Preprocess, "RandomAffine": RandomAffine},
         metadata={"class_names": list(class_names), "positive_class": class_names[1]},
     )
 
