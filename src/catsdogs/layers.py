@@ -25,7 +25,7 @@ class RandomAffine(keras.layers.Layer):
 
     Chaining keras.layers.RandomRotation, RandomTranslation, RandomShear and RandomZoom resamples
     each image four times: four rounds of interpolation blur, and four times the work (94 against
-    23 ms for a batch of 32 at 150x150 on a 2-core CPU, a seventh of a training step).
+    19-23 ms for a batch of 32 at 150x150 on a 2-core CPU, a seventh of a training step).
     Ranges, all drawn uniformly per image: rotation +-rotation_degrees; shift +-shift of the width and
     of the height; shear: x moves by up to +-shear times the distance from the centre row (0.2: about
     11 degrees, keras.layers.RandomShear's x_factor); zoom: one scale for both axes, 1 +- zoom
@@ -74,7 +74,7 @@ class RandomAffine(keras.layers.Layer):
         b2 = cy + shift_y - b0 * cx - b1 * cy
         zeros = ops.zeros((batch,))
         transform = ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-        return keras.ops.image.affine_transform(images, transform, "bilinear", fill_mode=self.fill_mode)
+        return ops.image.affine_transform(images, transform, "bilinear", fill_mode=self.fill_mode)
 
     def compute_output_shape(self, input_shape):
         return input_shape
