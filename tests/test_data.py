@@ -1,4 +1,4 @@
-"""Layout recognition and label normalisation."""
+"""Layout recognition, label normalisation and the tf.data input of the models."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from catsdogs import synthetic
-from catsdogs.data import LayoutError, class_counts, find_labelled_images, normalise_label
+from catsdogs.data import (
+    LayoutError,
+    batched,
+    binary_class_names,
+    class_counts,
+    find_labelled_images,
+    image_dataset,
+    normalise_label,
+)
 
 
 @pytest.mark.parametrize("layout", sorted(synthetic.LAYOUTS))
@@ -69,3 +77,26 @@ def test_one_class_or_nothing_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "cats" / "a.jpg").write_bytes(b"x")
     with pytest.raises(LayoutError, match="expected class folders"):
         find_labelled_images(tmp_path)
+
+
+def test_batched_input_is_seeded_reshuffled_each_epoch_and_not_autotuned(tmp_path: Path) -> None:
+    synthetic.write_dataset(tmp_path, per_class=5, layout="classes")
+    _, images = find_labelled_images(tmp_path)
+    names = binary_class_names(images)
+    decoded = image_dataset(images, names, 24, 40_000_000)
+
+    def epochs(seed: int | None, count: int = 2) -> list[list[float]]:
+        data = batched(decoded, 4, shuffle_seed=seed)
+        assert data.options().autotune.enabled is False  # see batched(): idle waits between epochs
+        out = []
+        for _ in range(count):
+            batches = list(data)
+            assert all(x.dtype.name == "float32" and x.shape[1:] == (24, 24, 3) for x, _ in batches)
+            out.append([float(label) for _, y in batches for label in y.numpy()])
+        return out
+
+    in_order = [float(names.index(image.label)) for image in images]
+    assert epochs(None) == [in_order, in_order]  # validation and test data: never shuffled
+    first, second = epochs(seed=3)
+    assert sorted(first) == sorted(in_order) and first != second  # every image once, a new order each epoch
+    assert epochs(seed=3) == [first, second]  # the same seed, the same orders

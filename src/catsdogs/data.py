@@ -165,10 +165,19 @@ def image_dataset(images: list[LabelledImage], class_names: tuple[str, ...], ima
 
 
 def batched(dataset, batch_size: int, shuffle_seed: int | None = None):
-    """Shuffle (training only, seeded, reshuffled each epoch), batch, cast pixels to float32, prefetch."""
+    """Shuffle (training only, seeded, reshuffled each epoch), batch, cast pixels to float32, prefetch.
+
+    tf.data's autotuning is off. Its thread (TensorFlow 2.21) waits longer and longer between
+    tuning rounds, and deleting an iterator waits for the current wait to end: Keras deletes each
+    epoch's iterator as the next epoch starts, so about one CNN epoch in three took 80 s instead
+    of 40, the CPU idle for the difference. Without it, AUTOTUNE parallelism stays at one call per
+    core (at most 16).
+    """
     import tensorflow as tf
 
     if shuffle_seed is not None:
         dataset = dataset.shuffle(dataset.cardinality(), seed=shuffle_seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
