@@ -5,7 +5,9 @@
 Runs `dvc repro` (download to register) in WORKSPACE, a fresh clone made by bench/run.py, and
 follows its output: a stage lasts from DVC's "Running stage" line to the next one (so DVC's caching
 of its outputs counts too). Memory: the resident set of the whole process tree (dvc and the stage
-it runs), sampled every 0.2 s; its maximum per stage and overall.
+it runs), sampled every 0.2 s; its maximum per stage and overall. CPU: the share of the machine's
+CPU time (all cores) that was busy during each stage, and the share the host took (steal): a stage
+that is slow with an idle CPU is waiting on something; one with a high steal share is the host's doing.
 """
 
 from __future__ import annotations
@@ -43,26 +45,43 @@ def timed_repro(workspace: Path, env: dict | None = None) -> dict:
     sampler = MemorySampler(process.pid)
     sampler.start()
     stages: list[dict] = []
+
+    def end_stage(now: float) -> None:
+        if stages:
+            stage = stages[-1]
+            stage["seconds"] = round(now - stage.pop("start"), 1)
+            stage.update(cpu_shares(stage.pop("cpu_times"), psutil.cpu_times()))
+
     for line in process.stdout:
         sys.stdout.write(line)
         match = STAGE_LINE.match(line)
         if match:
             now = time.perf_counter() - started
-            if stages:
-                stages[-1]["seconds"] = round(now - stages[-1].pop("start"), 1)
-            stages.append({"stage": match.group(1), "start": now})
+            end_stage(now)
+            stages.append({"stage": match.group(1), "start": now, "cpu_times": psutil.cpu_times()})
             sampler.stage = match.group(1)
     returncode = process.wait()
     total = time.perf_counter() - started
     sampler.stop()
-    if stages:
-        stages[-1]["seconds"] = round(total - stages[-1].pop("start"), 1)
+    end_stage(total)
     for stage in stages:
         stage["peak_rss_gib"] = round(sampler.peaks.get(stage["stage"], 0) / GIB, 2)
     if returncode:
         raise SystemExit(f"dvc repro failed with exit code {returncode} (its output is above)")
     return {"command": "dvc repro", "total_seconds": round(total, 1),
             "peak_rss_gib": round(max(sampler.peaks.values(), default=0) / GIB, 2), "stages": stages}
+
+
+def cpu_shares(before, after) -> dict:
+    """Busy and host-stolen shares of all cores' time between two psutil.cpu_times() snapshots."""
+    delta = {field: getattr(after, field) - getattr(before, field) for field in before._fields
+             if field not in ("guest", "guest_nice")}  # Linux counts guest time in user time already
+    total = sum(delta.values())
+    if total <= 0:  # no clock tick in between
+        return {"cpu_busy": None, "cpu_steal": None}
+    idle = delta["idle"] + delta.get("iowait", 0.0)
+    steal = delta.get("steal", 0.0)
+    return {"cpu_busy": round((total - idle - steal) / total, 2), "cpu_steal": round(steal / total, 2)}
 
 
 class MemorySampler(threading.Thread):

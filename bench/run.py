@@ -127,6 +127,10 @@ def write_report(workspace: Path) -> None:
     print(f"wrote {REPORTS / 'benchmark.md'} and {REPORTS / 'benchmark.json'}")
 
 
+def percent(share: float | None) -> str:
+    return "" if share is None else f"{share:.0%}"
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
@@ -166,11 +170,13 @@ def markdown(s: dict) -> str:
             f"{s['limits']['peak_rss_gib']} GiB ({verdict(repro['peak_rss_gib'] < s['limits']['peak_rss_gib'])}). "
             "Peak memory: resident set of dvc and the stage it runs, together.",
             "",
-            "| stage | wall time | peak memory |",
-            "|---|---|---|",
+            "CPU busy: share of all cores' time in use during the stage; stolen: share the host took (steal).",
+            "",
+            "| stage | wall time | peak memory | CPU busy | stolen |",
+            "|---|---|---|---|---|",
         ]
-        lines += [f"| {st['stage']} | {st['seconds'] / 60:.1f} min | {st['peak_rss_gib']:.2f} GiB |"
-                  for st in repro["stages"]]
+        lines += [f"| {st['stage']} | {st['seconds'] / 60:.1f} min | {st['peak_rss_gib']:.2f} GiB | "
+                  f"{percent(st.get('cpu_busy'))} | {percent(st.get('cpu_steal'))} |" for st in repro["stages"]]
     pipeline = s["pipeline"]
     if pipeline:
         lines += [

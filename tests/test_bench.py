@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,15 @@ def test_serving_benchmark_counts_requests_and_errors(champion: dict, tiny_proje
     concurrent = result["concurrent"]
     assert concurrent["clients"] == 2 and concurrent["requests"] >= 2 and concurrent["errors"] == 0
     assert 0 < concurrent["p50_ms"] <= concurrent["p95_ms"] <= concurrent["p99_ms"]
+
+
+def test_repro_benchmark_splits_cpu_time_into_busy_and_stolen() -> None:
+    import psutil
+
+    cpu_shares = runpy.run_path(str(ROOT / "bench/repro.py"))["cpu_shares"]
+    times = type(psutil.cpu_times())
+    before = times._make([100.0] * len(times._fields))
+    seconds = {"user": 50, "system": 10, "idle": 30, "iowait": 5, "steal": 5, "guest": 10}  # guest is inside user
+    after = times._make([100.0 + seconds.get(field, 0) for field in times._fields])
+    assert cpu_shares(before, after) == {"cpu_busy": 0.6, "cpu_steal": 0.05}
+    assert cpu_shares(after, after) == {"cpu_busy": None, "cpu_steal": None}
