@@ -85,18 +85,22 @@ def test_batched_input_is_seeded_reshuffled_each_epoch_and_not_autotuned(tmp_pat
     names = binary_class_names(images)
     decoded = image_dataset(images, names, 24, 40_000_000)
 
-    def epochs(seed: int | None, count: int = 2) -> list[list[float]]:
+    def epochs(seed: int | None, count: int = 2) -> list[list[tuple[float, float]]]:
+        """Per epoch, each image in the order served, as (label, sum of its pixels): the generated images differ."""
         data = batched(decoded, 4, shuffle_seed=seed)
         assert data.options().autotune.enabled is False  # see batched(): idle waits between epochs
         out = []
         for _ in range(count):
             batches = list(data)
             assert all(x.dtype.name == "float32" and x.shape[1:] == (24, 24, 3) for x, _ in batches)
-            out.append([float(label) for _, y in batches for label in y.numpy()])
+            out.append([(float(label), float(pixels.numpy().sum()))
+                        for x, y in batches for pixels, label in zip(x, y.numpy())])
         return out
 
-    in_order = [float(names.index(image.label)) for image in images]
-    assert epochs(None) == [in_order, in_order]  # validation and test data: never shuffled
+    in_order, again = epochs(None)
+    assert in_order == again  # validation and test data: never shuffled
+    assert [label for label, _ in in_order] == [float(names.index(image.label)) for image in images]
+    assert len({pixels for _, pixels in in_order}) == len(images)
     first, second = epochs(seed=3)
     assert sorted(first) == sorted(in_order) and first != second  # every image once, a new order each epoch
     assert epochs(seed=3) == [first, second]  # the same seed, the same orders
