@@ -60,3 +60,31 @@ def test_repro_benchmark_splits_cpu_time_into_busy_and_stolen() -> None:
     after = times._make([100.0 + seconds.get(field, 0) for field in times._fields])
     assert cpu_shares(before, after) == {"cpu_busy": 0.6, "cpu_steal": 0.05}
     assert cpu_shares(after, after) == {"cpu_busy": None, "cpu_steal": None}
+
+
+def test_resolution_report_swaps_the_vgg16_stages_into_the_default_total() -> None:
+    render = runpy.run_path(str(ROOT / "bench/resolution.py"))["render"]
+
+    def stage(name: str, seconds: float, gib: float = 1.0) -> dict:
+        return {"stage": name, "seconds": seconds, "peak_rss_gib": gib}
+
+    def serving(p50: float, rate: float) -> dict:
+        return {"sequential": {"p50_ms": p50, "p95_ms": p50 + 40, "p99_ms": p50 + 60},
+                "concurrent": {"clients": 4, "seconds": 60, "images_per_second": rate, "errors": 0}}
+
+    default = {"total_seconds": 2400, "stages": [
+        stage("download", 6), stage("features", 400), stage("train_scratch", 600),
+        stage("train_feature_extraction", 120), stage("evaluate@fine_tuning", 60, 1.5)]}
+    result = {"commit": "c" * 40, "image_size": 150, "input_size": 224, "views": 1, "command": "bench",
+              "test_accuracy": {"feature_extraction": 0.97, "fine_tuning": 0.98}, "serving": serving(250.0, 4.0),
+              "repro": {"total_seconds": 1000, "stages": [
+                  stage("download", 6), stage("features", 600, 2.0), stage("train_feature_extraction", 180),
+                  stage("evaluate@fine_tuning", 120), stage("register", 12)]}}
+    summary = {"commit": "d" * 40, "test_accuracy": {"feature_extraction": 0.962, "fine_tuning": 0.96}}
+    text = render(result, default, serving(137.0, 8.9), summary)
+    assert "| these stages together | 9.7 min | 15.0 min |" in text  # 580 s against 900 s
+    assert "| 40.0 min | 45.3 min (limit 45) |" in text  # 2400 - 580 + 900 seconds
+    assert "| fine_tuning test accuracy (target >= 97.5%) | 96.0% | 98.0% |" in text
+    assert "| peak memory of these stages | 1.50 GiB | 2.00 GiB |" in text
+    assert "| serving, one image, p50 (target p50 <= 150 ms) | 137.0 ms | 250.0 ms |" in text
+    assert "| train_scratch |" not in text and "| register |" not in text and "| download |" not in text

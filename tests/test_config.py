@@ -18,6 +18,7 @@ def test_project_params_load_with_pinned_defaults() -> None:
     assert params.data.sha256 is None
     assert params.image_size == 150
     assert params.pretrained.weights == "imagenet"
+    assert params.pretrained.input_size is None  # the VGG16 models see image_size pixels, as in the book
     assert (params.split.train, params.split.val, params.split.test) == (1000, 250, 250)
     assert not params.split.uses_fractions
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -33,6 +34,8 @@ def test_project_params_load_with_pinned_defaults() -> None:
         ({"split.train": 0.7, "split.val": 0.2, "split.test": 0.2}, "fractions"),
         ({"split.train": 1000, "split.val": 0.5}, "whole image counts"),
         ({"pretrained.weights": "resnet"}, "pretrained.weights"),
+        ({"pretrained.input_size": 16}, "pretrained.input_size must be null or in 32..1024"),
+        ({"pretrained.input_size": "large"}, "pretrained.input_size"),
         ({"data.retries": -1}, "data.retries"),
         ({"models.scratch.schedule": "linear"}, "schedule must be one of constant, plateau, cosine"),
         ({"models.scratch.schedule": "plateau"}, "reduce_lr_patience must be > 0 with schedule: plateau"),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from catsdogs.config import CnnParams
+from catsdogs.features import block4_extractor
 from catsdogs.layers import VGG16Preprocess
 from catsdogs.models import (
     WeightsError, build_scratch_cnn, build_vgg16_classifier, count_params, load_vgg16_base, tail_model,
@@ -66,6 +67,22 @@ def test_tail_shares_layers_with_the_classifier() -> None:
     np.testing.assert_allclose(tail.predict(activations, verbose=0), model.predict(pixels, verbose=0), rtol=1e-4)
     tail.get_layer("p_dog").bias.assign([3.0])  # training the tail changes the classifier
     assert float(model.get_layer("p_dog").bias.numpy()[0]) == 3.0
+
+
+def test_vgg16_models_resize_pixels_to_the_input_size_inside_the_model() -> None:
+    assert "vgg16_resize" not in [layer.name for layer in build_vgg16_classifier(48, None, 0.0, None).layers]
+    assert "vgg16_resize" not in [layer.name for layer in build_vgg16_classifier(48, None, 0.0, None, 48).layers]
+    model = build_vgg16_classifier(48, None, 0.0, None, input_size=64)
+    assert model.input_shape == (None, 48, 48, 3)
+    assert model.get_layer("vgg16").input_shape == (None, 64, 64, 3)
+    assert block4_extractor(None, 48, 64).output_shape == (None, 4, 4, 512)  # 64 px / 16, not 48 / 16
+    pixels = np.random.default_rng(4).integers(0, 256, (2, 48, 48, 3)).astype("float32")
+    resized = np.array(keras.layers.Resizing(64, 64, interpolation="bilinear")(pixels))
+    base = model.get_layer("vgg16")
+    cut = keras.Model(base.inputs, base.get_layer("block4_pool").output)
+    activations = cut.predict(keras.applications.vgg16.preprocess_input(resized), verbose=0)
+    np.testing.assert_allclose(tail_model(model, after="block4_pool").predict(activations, verbose=0),
+                               model.predict(pixels, verbose=0), rtol=1e-4)
 
 
 def test_weights_file_loads_and_bad_weights_fail_loudly(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from catsdogs.config import BACKUP_DIR, FEATURES_DIR, MODEL_NAMES, MODELS_DIR, load_params
 from catsdogs.models import build_scratch_cnn
-from catsdogs.train import compile_model, train_model
+from catsdogs.data import MissingInputError
+from catsdogs.train import compile_model, load_features, train_model
 from conftest import SIZE, make_params
 
 CNN = make_params().cnn
@@ -28,6 +29,11 @@ def test_features_cache_views_and_labels(in_project: Path) -> None:
     labels = np.load(FEATURES_DIR / "train_labels.npy")
     np.testing.assert_array_equal(labels[:24], labels[24:])  # view-major: same order in each view
     assert not np.array_equal(train_x[:24], train_x[24:]), "view 1 is augmented"
+    assert meta["input_size"] == SIZE
+    assert load_features(FEATURES_DIR, use_augmented_views=False, input_size=SIZE)["train_x"].shape[0] == 24
+    with pytest.raises(MissingInputError, match=f"activations of {SIZE}px images, the params ask for 64px.*"
+                                                "dvc repro features"):
+        load_features(FEATURES_DIR, use_augmented_views=True, input_size=64)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

@@ -100,8 +100,12 @@ class SplitParams:
 @dataclass(frozen=True)
 class PretrainedParams:
     weights: str  # "imagenet" (Keras downloads it) or a path to a .h5 file
+    input_size: int | None  # side of the images the VGG16 base sees; None: image_size (no resizing)
 
     def __post_init__(self) -> None:
+        # 32: the smallest input VGG16's five pooling steps can take.
+        _require(self.input_size is None or 32 <= self.input_size <= 1024,
+                 f"pretrained.input_size must be null or in 32..1024, got {self.input_size}")
         if self.weights != "imagenet" and not self.weights.endswith((".h5", ".keras", ".weights.h5")):
             raise ConfigError(
                 f"pretrained.weights must be 'imagenet' or a path to a .h5 weights file, got {self.weights!r}"

@@ -23,8 +23,7 @@ from catsdogs import configure_logging
 from catsdogs.augment import build_augmentation
 from catsdogs.config import FEATURES_DIR, SPLITS_DIR, ConfigError, Params, load_params
 from catsdogs.data import MissingInputError, batched, binary_class_names, image_dataset, manifest_path, read_manifest
-from catsdogs.layers import VGG16Preprocess
-from catsdogs.models import WeightsError, load_vgg16_base
+from catsdogs.models import WeightsError, load_vgg16_base, vgg16_input
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +40,10 @@ def main() -> None:
         sys.exit(f"features: {err}")
 
 
-def block4_extractor(weights: str | None, image_size: int) -> keras.Model:
-    base = load_vgg16_base(weights, image_size)
+def block4_extractor(weights: str | None, image_size: int, input_size: int | None = None) -> keras.Model:
+    base = load_vgg16_base(weights, input_size or image_size)
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
-    x = VGG16Preprocess(name="vgg16_preprocess")(inputs)
+    x = vgg16_input(inputs, image_size, input_size)
     cut = keras.Model(base.inputs, base.get_layer(CUT).output, name="vgg16_blocks1_4")
     return keras.Model(inputs, cut(x, training=False), name="block4_features")
 
@@ -53,11 +52,11 @@ def compute_features(params: Params, splits_dir: Path, out_dir: Path) -> dict:
     train = read_manifest(manifest_path("train", splits_dir))
     val = read_manifest(manifest_path("val", splits_dir))
     class_names = binary_class_names(train)
-    extractor = block4_extractor(params.pretrained.weights, params.image_size)
+    extractor = block4_extractor(params.pretrained.weights, params.image_size, params.pretrained.input_size)
     augmentation = build_augmentation(params.augment, params.train.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"class_names": list(class_names), "views": params.features.views, "cut": CUT,
-            "image_size": params.image_size}
+            "image_size": params.image_size, "input_size": params.pretrained.input_size or params.image_size}
     for split, images, views in (("train", train, params.features.views), ("val", val, 1)):
         dataset = batched(
             image_dataset(images, class_names, params.image_size, params.split.max_pixels), params.features.batch_size

@@ -2,7 +2,8 @@
 
 - scratch / augmented: the book's small CNN (Conv 32-64-128-128, Dense 512, sigmoid), its pixel scaling
   and initialisation set by the `cnn` params (default: the book's [0, 1] and Glorot; or [-1, 1] and He);
-- feature_extraction: the VGG16 conv base, frozen, with a new head (Flatten, Dense 256, sigmoid);
+- feature_extraction: the VGG16 conv base, frozen, with a new head (Flatten, Dense 256, sigmoid); the
+  pixels are resized to pretrained.input_size first when it differs from image_size;
 - fine_tuning: the same with block5 trainable (started from the trained feature-extraction model).
 Augmentation, when given, is the first block of the model and is the identity at inference.
 """
@@ -58,14 +59,22 @@ def load_vgg16_base(weights: str | None, image_size: int) -> keras.Model:
         raise WeightsError(f"cannot load VGG16 weights {weights!r} ({first_line}); {VGG16_URL_HINT}") from None
 
 
+def vgg16_input(pixels, image_size: int, input_size: int | None):
+    """Raw pixels (image_size square) as the VGG16 base takes them: resized to input_size, preprocessed."""
+    if input_size not in (None, image_size):
+        pixels = keras.layers.Resizing(input_size, input_size, interpolation="bilinear", name="vgg16_resize")(pixels)
+    return VGG16Preprocess(name="vgg16_preprocess")(pixels)
+
+
 def build_vgg16_classifier(
-    image_size: int, weights: str | None, dropout: float, augmentation: keras.layers.Layer | None
+    image_size: int, weights: str | None, dropout: float, augmentation: keras.layers.Layer | None,
+    input_size: int | None = None,
 ) -> keras.Model:
-    base = load_vgg16_base(weights, image_size)
+    base = load_vgg16_base(weights, input_size or image_size)
     base.trainable = False
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = augmentation(inputs) if augmentation is not None else inputs
-    x = VGG16Preprocess(name="vgg16_preprocess")(x)
+    x = vgg16_input(x, image_size, input_size)
     # training=False keeps the base in inference mode even when block5 is later unfrozen.
     x = base(x, training=False)
     x = keras.layers.Flatten()(x)
