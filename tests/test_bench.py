@@ -83,8 +83,8 @@ def test_resolution_report_swaps_the_vgg16_stages_into_the_default_total() -> No
     summary = {"commit": "d" * 40, "test_accuracy": {"feature_extraction": 0.962, "fine_tuning": 0.96}}
     text = render(result, default, serving(137.0, 8.9), summary)
     assert "| these stages together | 9.7 min | 15.0 min |" in text  # 580 s against 900 s
-    assert "| 40.0 min | 45.3 min (limit 45) |" in text  # 2400 - 580 + 900 seconds
-    assert "| fine_tuning test accuracy (target >= 97.5%) | 96.0% | 98.0% |" in text
+    assert "| 40.0 min, met | 45.3 min, **not met** |" in text  # 2400 - 580 + 900 seconds, limit 45 min
+    assert "| fine_tuning test accuracy (target >= 97.5%) | 96.0%, **not met** | 98.0%, met |" in text
     assert "| peak memory of these stages | 1.50 GiB | 2.00 GiB |" in text
-    assert "| serving, one image, p50 (target p50 <= 150 ms) | 137.0 ms | 250.0 ms |" in text
+    assert "| serving, one image, p50 (target <= 150 ms) | 137.0 ms, met | 250.0 ms, **not met** |" in text
     assert "| train_scratch |" not in text and "| register |" not in text and "| download |" not in text
