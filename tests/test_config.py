@@ -19,6 +19,8 @@ def test_project_params_load_with_pinned_defaults() -> None:
     assert params.image_size == 150
     assert params.pretrained.weights == "imagenet"
     assert params.pretrained.input_size is None  # the VGG16 models see image_size pixels, as in the book
+    assert params.vgg16_input_size == 150
+    assert make_params(**{"pretrained.input_size": 224}).vgg16_input_size == 224
     assert (params.split.train, params.split.val, params.split.test) == (1000, 250, 250)
     assert not params.split.uses_fractions
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -235,6 +235,11 @@ class Params:
             if settings.init_from is not None:
                 _one_of(f"models.{name}.init_from", settings.init_from, sources)
 
+    @property
+    def vgg16_input_size(self) -> int:
+        """Side of the images the VGG16 base sees (the models resize image_size pixels to it)."""
+        return self.pretrained.input_size or self.image_size
+
 
 def parse_model_name(argv: list[str] | None, doc: str | None) -> str:
     """The one argument of the per-model stages: which model (one of MODEL_NAMES)."""

@@ -52,11 +52,11 @@ def compute_features(params: Params, splits_dir: Path, out_dir: Path) -> dict:
     train = read_manifest(manifest_path("train", splits_dir))
     val = read_manifest(manifest_path("val", splits_dir))
     class_names = binary_class_names(train)
-    extractor = block4_extractor(params.pretrained.weights, params.image_size, params.pretrained.input_size)
+    extractor = block4_extractor(params.pretrained.weights, params.image_size, params.vgg16_input_size)
     augmentation = build_augmentation(params.augment, params.train.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"class_names": list(class_names), "views": params.features.views, "cut": CUT,
-            "image_size": params.image_size, "input_size": params.pretrained.input_size or params.image_size}
+            "image_size": params.image_size, "input_size": params.vgg16_input_size}
     for split, images, views in (("train", train, params.features.views), ("val", val, 1)):
         dataset = batched(
             image_dataset(images, class_names, params.image_size, params.split.max_pixels), params.features.batch_size

@@ -161,12 +161,11 @@ def prepare(name: str, params: Params):
         compile_model(model, settings, steps_per_epoch=int(train_ds.cardinality()))
         return model, model, train_ds, val_ds, class_names
 
-    features = load_features(FEATURES_DIR, use_augmented_views=settings.augment,
-                             input_size=params.pretrained.input_size or params.image_size)
+    features = load_features(FEATURES_DIR, use_augmented_views=settings.augment, input_size=params.vgg16_input_size)
     class_names = tuple(features["class_names"])
     if name == "feature_extraction":
         model = build_vgg16_classifier(params.image_size, params.pretrained.weights, settings.dropout, augmentation,
-                                           params.pretrained.input_size)
+                                       params.vgg16_input_size)
         # block5 is frozen too: run it once over the cached activations, then fit only the head.
         block5 = tail_model(model, after="block4_pool", until="block5_pool")
         train = (block5.predict(features["train_x"], batch_size=64, verbose=0), features["train_y"])
@@ -176,8 +175,8 @@ def prepare(name: str, params: Params):
         if settings.init_from:
             model = load_trained(settings.init_from)
         else:
-            model = build_vgg16_classifier(params.image_size, params.pretrained.weights, settings.dropout, augmentation,
-                                           params.pretrained.input_size)
+            model = build_vgg16_classifier(params.image_size, params.pretrained.weights, settings.dropout,
+                                           augmentation, params.vgg16_input_size)
         model = unfreeze_block5(model)
         train = (features["train_x"], features["train_y"])
         val = (features["val_x"], features["val_y"])
@@ -212,9 +211,10 @@ def load_features(folder: Path, use_augmented_views: bool, input_size: int) -> d
     if not meta_file.is_file():
         raise MissingInputError(f"{meta_file} is missing; run: dvc repro features")
     meta = json.loads(meta_file.read_text())
-    if meta.get("input_size", meta["image_size"]) != input_size:
-        raise MissingInputError(f"{folder} holds VGG16 activations of {meta.get('input_size', meta['image_size'])}px "
-                                f"images, the params ask for {input_size}px; run: dvc repro features")
+    cached_size = meta.get("input_size", meta["image_size"])  # features written before input_size: image_size
+    if cached_size != input_size:
+        raise MissingInputError(f"{folder} holds VGG16 activations of {cached_size}px images, the params ask for "
+                                f"{input_size}px; run: dvc repro features")
     train_x = np.load(folder / "train_block4.npy", mmap_mode="r")
     train_y = np.load(folder / "train_labels.npy")
     if not use_augmented_views:  # rows are view-major: view 0 (the images themselves) comes first
