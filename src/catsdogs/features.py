@@ -41,7 +41,8 @@ def main() -> None:
 
 
 def block4_extractor(weights: str | None, image_size: int, input_size: int | None = None) -> keras.Model:
-    base = load_vgg16_base(weights, input_size or image_size)
+    input_size = input_size or image_size
+    base = load_vgg16_base(weights, input_size)
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = vgg16_input(inputs, image_size, input_size)
     cut = keras.Model(base.inputs, base.get_layer(CUT).output, name="vgg16_blocks1_4")

@@ -59,9 +59,9 @@ def load_vgg16_base(weights: str | None, image_size: int) -> keras.Model:
         raise WeightsError(f"cannot load VGG16 weights {weights!r} ({first_line}); {VGG16_URL_HINT}") from None
 
 
-def vgg16_input(pixels, image_size: int, input_size: int | None):
+def vgg16_input(pixels, image_size: int, input_size: int):
     """Raw pixels (image_size square) as the VGG16 base takes them: resized to input_size, preprocessed."""
-    if input_size not in (None, image_size):
+    if input_size != image_size:
         pixels = keras.layers.Resizing(input_size, input_size, interpolation="bilinear", name="vgg16_resize")(pixels)
     return VGG16Preprocess(name="vgg16_preprocess")(pixels)
 
@@ -70,7 +70,9 @@ def build_vgg16_classifier(
     image_size: int, weights: str | None, dropout: float, augmentation: keras.layers.Layer | None,
     input_size: int | None = None,
 ) -> keras.Model:
-    base = load_vgg16_base(weights, input_size or image_size)
+    """`input_size`: the side the VGG16 base sees (None: image_size, no resizing)."""
+    input_size = input_size or image_size
+    base = load_vgg16_base(weights, input_size)
     base.trainable = False
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = augmentation(inputs) if augmentation is not None else inputs
