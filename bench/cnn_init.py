@@ -49,7 +49,8 @@ def main() -> None:
 def val_accuracy_curve(params) -> list[float]:
     import keras
 
-    from catsdogs.train import prepare, set_precision
+    from catsdogs.models import set_precision
+    from catsdogs.train import prepare
 
     set_precision(params.train.precision)
     keras.utils.set_random_seed(params.train.seed)

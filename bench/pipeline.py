@@ -71,8 +71,8 @@ def measure(side: str, epochs: int) -> dict:
     from catsdogs.augment import build_augmentation
     from catsdogs.config import SPLITS_DIR, load_params
     from catsdogs.data import batched, binary_class_names, image_dataset, manifest_path, read_manifest
-    from catsdogs.models import build_scratch_cnn
-    from catsdogs.train import compile_model, set_precision
+    from catsdogs.models import build_scratch_cnn, set_precision
+    from catsdogs.train import compile_model
 
     params = load_params()
     settings = params.models["augmented"]
@@ -113,8 +113,8 @@ def in_memory_rate(params, precision: str, steps: int = 8) -> float:
     """Training images/s of the CNN on one batch already in memory: no input pipeline, no augmentation."""
     import numpy as np
 
-    from catsdogs.models import build_scratch_cnn
-    from catsdogs.train import compile_model, set_precision
+    from catsdogs.models import build_scratch_cnn, set_precision
+    from catsdogs.train import compile_model
 
     settings = params.models["augmented"]
     set_precision(precision)

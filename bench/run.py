@@ -89,7 +89,7 @@ def load(name: str) -> dict | None:
 def machine() -> dict:
     import tensorflow as tf
 
-    from catsdogs.train import fast_bfloat16
+    from catsdogs.models import fast_bfloat16
 
     cpuinfo = Path("/proc/cpuinfo").read_text()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),

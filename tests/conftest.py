@@ -19,6 +19,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
+@pytest.fixture(autouse=True)
+def keras_dtype_policy() -> Iterator[None]:
+    """Training sets Keras's global dtype policy (mixed_bfloat16 on a CPU with native bfloat16): every test
+    starts at Keras's default, whatever a fixture or the test before it trained."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
 def params_dict(**overrides: object) -> dict:
     """The project's params.yaml as a dict, with dotted-key overrides (like dvc exp run -S)."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())

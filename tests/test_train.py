@@ -13,6 +13,7 @@ import pytest
 from catsdogs.config import BACKUP_DIR, FEATURES_DIR, MODEL_NAMES, MODELS_DIR, load_params
 from catsdogs.models import build_scratch_cnn
 from catsdogs.data import MissingInputError
+from catsdogs.features import compute_features
 from catsdogs.train import compile_model, load_features, train_model
 from conftest import SIZE, make_params
 
@@ -34,6 +35,20 @@ def test_features_cache_views_and_labels(in_project: Path) -> None:
     with pytest.raises(MissingInputError, match=f"activations of {SIZE}px images, the params ask for 64px.*"
                                                 "dvc repro features"):
         load_features(FEATURES_DIR, use_augmented_views=True, input_size=64)
+
+
+def test_features_run_in_the_training_precision(in_project: Path, tmp_path: Path) -> None:
+    """The features stage runs blocks 1-4 in the dtype policy the VGG16 models train and serve in."""
+    activations = {}
+    for precision in ("float32", "mixed_bfloat16"):
+        params = make_params(**{"image_size": SIZE, "pretrained.weights": "vgg.weights.h5", "features.views": 1,
+                                "train.precision": precision})
+        meta = compute_features(params, Path("data/splits"), tmp_path / precision)
+        assert meta["precision"] == precision
+        activations[precision] = np.load(tmp_path / precision / "val_block4.npy").astype(np.float32)
+    exact, coarse = activations["float32"], activations["mixed_bfloat16"]
+    assert not np.array_equal(exact, coarse), "bfloat16 rounds: the activations differ"
+    assert np.abs(coarse - exact).mean() < 0.05 * np.abs(exact).mean()  # ... by bfloat16's precision, no more
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

@@ -2,6 +2,7 @@
 
 import logging
 import os
+from pathlib import Path
 
 # Before any module of the package imports mlflow: no usage data leaves the machine (MLflow 3
 # sends telemetry by default). A user who wants it can set MLFLOW_DISABLE_TELEMETRY=false.
@@ -22,3 +23,12 @@ if not ONEDNN_SET_BY_USER:
 def configure_logging(level: int = logging.INFO) -> None:
     """Called once by each entry point (stage main or CLI), never on import."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def cpu_has_fast_bfloat16() -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX), from /proc/cpuinfo; False elsewhere."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})

@@ -23,7 +23,7 @@ from catsdogs import configure_logging
 from catsdogs.augment import build_augmentation
 from catsdogs.config import FEATURES_DIR, SPLITS_DIR, ConfigError, Params, load_params
 from catsdogs.data import MissingInputError, batched, binary_class_names, image_dataset, manifest_path, read_manifest
-from catsdogs.models import WeightsError, load_vgg16_base, vgg16_input
+from catsdogs.models import WeightsError, load_vgg16_base, set_precision, vgg16_input
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,12 @@ def compute_features(params: Params, splits_dir: Path, out_dir: Path) -> dict:
     train = read_manifest(manifest_path("train", splits_dir))
     val = read_manifest(manifest_path("val", splits_dir))
     class_names = binary_class_names(train)
+    precision = set_precision(params.train.precision)  # as the models that will run these layers
     extractor = block4_extractor(params.pretrained.weights, params.image_size, params.vgg16_input_size)
     augmentation = build_augmentation(params.augment, params.train.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"class_names": list(class_names), "views": params.features.views, "cut": CUT,
-            "image_size": params.image_size, "input_size": params.vgg16_input_size}
+            "image_size": params.image_size, "input_size": params.vgg16_input_size, "precision": precision}
     for split, images, views in (("train", train, params.features.views), ("val", val, 1)):
         dataset = batched(
             image_dataset(images, class_names, params.image_size, params.split.max_pixels), params.features.batch_size

@@ -42,6 +42,7 @@ from catsdogs.models import (
     build_scratch_cnn,
     build_vgg16_classifier,
     count_params,
+    set_precision,
     tail_model,
     unfreeze_block5,
 )
@@ -120,27 +121,6 @@ def resumable_run(backup_dir: Path, flat_params: dict) -> str | None:
     backup_dir.mkdir(parents=True)
     params_file.write_text(current)
     return None
-
-
-def set_precision(setting: str) -> str:
-    """`auto`: bfloat16 where the hardware runs it fast (a GPU, or a CPU with AVX512-BF16/AMX), else float32."""
-    policy = setting
-    if setting == "auto":
-        policy = "mixed_bfloat16" if fast_bfloat16() else "float32"
-    keras.mixed_precision.set_global_policy(policy)
-    return policy
-
-
-def fast_bfloat16() -> bool:
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU"):
-        return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def prepare(name: str, params: Params):
