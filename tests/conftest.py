@@ -133,7 +133,8 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     keras.applications.VGG16(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3)).save_weights(
         root / "vgg.weights.h5"
     )
-    raw = params_dict(**{"image_size": SIZE, "pretrained.weights": "vgg.weights.h5", "features.views": 2,
+    raw = params_dict(**{"image_size": SIZE, "pretrained.weights": "vgg.weights.h5", "pretrained.input_size": None,
+                         "features.views": 2,
                          "split.train": 0.5, "split.val": 0.25, "split.test": 0.25,
                          "mlflow.tracking_uri": f"sqlite:///{root}/mlflow.db"})
     for settings in raw["models"].values():

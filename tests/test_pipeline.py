@@ -55,6 +55,7 @@ def project(tmp_path: Path) -> Path:
     params["split"].update(train=0.6, val=0.2, test=0.2)
     params["image_size"] = 48
     params["pretrained"]["weights"] = str(tmp_path / "vgg.weights.h5")
+    params["pretrained"]["input_size"] = None  # the VGG16 models see the 48 px images as they are
     params["features"]["views"] = 1
     for settings in params["models"].values():
         settings.update(epochs=1, batch_size=8)
