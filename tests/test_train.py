@@ -41,8 +41,8 @@ def test_features_run_in_the_training_precision(in_project: Path, tmp_path: Path
     """The features stage runs blocks 1-4 in the dtype policy the VGG16 models train and serve in."""
     activations = {}
     for precision in ("float32", "mixed_bfloat16"):
-        params = make_params(**{"image_size": SIZE, "pretrained.weights": "vgg.weights.h5", "pretrained.input_size": None,
-                                "features.views": 1, "train.precision": precision})
+        params = make_params(**{"image_size": SIZE, "pretrained.weights": "vgg.weights.h5",
+                                "pretrained.input_size": None, "features.views": 1, "train.precision": precision})
         meta = compute_features(params, Path("data/splits"), tmp_path / precision)
         assert meta["precision"] == precision
         activations[precision] = np.load(tmp_path / precision / "val_block4.npy").astype(np.float32)
