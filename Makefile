@@ -31,7 +31,7 @@ repro: $(STAMP)
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
-# The performance benchmark (bench/README.md): about an hour on 2 CPU cores; needs ../shared.
+# The performance benchmark (bench/README.md): about 35 min on 2 cores with AMX (longer on AVX2-only CPUs); needs ../shared.
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run.py \
 		--data ../shared/data/cats_and_dogs_filtered.zip --weights ../shared/weights/vgg16_notop.h5

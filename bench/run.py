@@ -11,7 +11,7 @@ reports/, and the report is rebuilt from whatever JSON is there, so one part can
 - pipeline: training throughput of the augmented model against the book's ImageDataGenerator
             pipeline, in that workspace (bench/pipeline.py);
 - serving:  the registered champion behind `mlflow models serve` (bench/serving.py).
-Never part of the test suite: it takes about an hour on a 2-core CPU.
+Never part of the test suite: it takes about 35 minutes on 2 cores with AMX.
 """
 
 from __future__ import annotations
