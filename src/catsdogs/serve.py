@@ -34,7 +34,8 @@ from catsdogs.images import ImageError, load_pixels
 # Before TensorFlow loads (load_context): for one image per call on a CPU without native bfloat16,
 # TensorFlow's own kernels answer faster than oneDNN's (117 vs 175 ms for the fine-tuned VGG16 on 2 AVX2
 # cores; bench/kernels.py). On a CPU with AVX512-BF16/AMX, models train (and are saved) in mixed
-# bfloat16, which only oneDNN runs fast (VGG16 base, 150 px: 47 ms against 107 ms without): it stays on.
+# bfloat16, which only oneDNN runs fast (VGG16 base, one image at 150 / 224 px: 19.5 / 27.0 ms against
+# 71.5 / 138.9 without; reports/benchmark_kernels.json): it stays on.
 if not catsdogs.ONEDNN_SET_BY_USER and "tensorflow" not in sys.modules and not catsdogs.cpu_has_fast_bfloat16():
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
 
