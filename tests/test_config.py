@@ -35,6 +35,9 @@ def test_project_params_load_with_pinned_defaults() -> None:
         ({"image_size": 32}, "image_size must be in"),
         ({"split.train": 0.7, "split.val": 0.2, "split.test": 0.2}, "fractions"),
         ({"split.train": 1000, "split.val": 0.5}, "whole image counts"),
+        # every split is needed downstream, so a fraction of 1 (all images in one split) cannot be asked for
+        ({"split.train": 1.0, "split.val": 0, "split.test": 0}, r"split.val and split.test must be > 0"),
+        ({"split.test": 0}, r"split.val and split.test must be > 0"),
         ({"pretrained.weights": "resnet"}, "pretrained.weights"),
         ({"pretrained.input_size": 16}, "pretrained.input_size must be null or in 32..1024"),
         ({"pretrained.input_size": "large"}, "pretrained.input_size"),

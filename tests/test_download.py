@@ -114,6 +114,26 @@ def test_folder_source_and_tar_gz(tmp_path: Path, filtered: Path) -> None:
     assert _files(tmp_path / "from_tar") == _files(filtered)
 
 
+def test_tar_extracts_where_python_predates_the_data_filter(
+    tmp_path: Path, filtered: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11.0-3.11.3 (allowed by requires-python) has no tarfile.data_filter and no extract(filter=)."""
+    archive = tmp_path / "data.tar"
+    with tarfile.open(archive, "w") as tf:
+        tf.add(filtered, arcname=".")
+    original = tarfile.TarFile.extract
+
+    def old_extract(self, member, path="", set_attrs=True, *, numeric_owner=False, **unknown):
+        if unknown:
+            raise TypeError(f"extract() got an unexpected keyword argument {next(iter(unknown))!r}")
+        return original(self, member, path, set_attrs, numeric_owner=numeric_owner)
+
+    monkeypatch.delattr(tarfile, "data_filter")
+    monkeypatch.setattr(tarfile.TarFile, "extract", old_extract)
+    fetch_dataset(_data(str(archive)), tmp_path / "raw")
+    assert _files(tmp_path / "raw") == _files(filtered)
+
+
 def test_missing_local_source(tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="no such file"):
         fetch_dataset(_data(str(tmp_path / "nope.zip")), tmp_path / "raw")

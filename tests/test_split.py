@@ -12,7 +12,7 @@ import pytest
 
 from catsdogs import synthetic
 from catsdogs.config import SPLIT_NAMES
-from catsdogs.split import split_dataset
+from catsdogs.split import popcount, split_dataset
 from conftest import make_params
 
 FRACTIONS = {"split.train": 0.6, "split.val": 0.2, "split.test": 0.2}
@@ -121,3 +121,19 @@ def test_bad_files_are_rejected_with_reasons_and_odd_ones_kept(dataset: Path, tm
     assert set(synthetic.odd_images(rng)) <= set(kept)
     assert summary["accepted"] == 45 and summary["files"] == 45 + summary["rejected"]
     assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
+
+
+def test_popcount_without_numpy_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyproject allows NumPy 1.26, which has no np.bitwise_count: the near-duplicate distance still works."""
+    values = np.array([[0, 1, 2**64 - 1], [0b1011, 2**63, 12345678901234567890]], dtype=np.uint64)
+    expected = [[bin(int(v)).count("1") for v in row] for row in values]
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    np.testing.assert_array_equal(popcount(values), expected)
+
+
+def test_near_duplicates_group_without_numpy_2(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with_numpy_2 = _split(dataset, tmp_path / "a")
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    assert _split(dataset, tmp_path / "b") == with_numpy_2
+    for name in SPLIT_NAMES:
+        assert (tmp_path / "a" / f"{name}.csv").read_bytes() == (tmp_path / "b" / f"{name}.csv").read_bytes()

@@ -65,7 +65,10 @@ class DataParams:
 
 @dataclass(frozen=True)
 class SplitParams:
-    """Per-class sizes: all integers (image counts) or all fractions in (0, 1]."""
+    """Per-class sizes: all whole image counts, or all fractions in (0, 1) summing to at most 1.
+
+    Each split must get images: training needs val, evaluation needs test. So 1 is always a count.
+    """
 
     train: float
     val: float
@@ -89,6 +92,8 @@ class SplitParams:
                 f"or all fractions below 1 (e.g. 0.7/0.15/0.15), got {sizes}",
             )
         _require(self.train > 0, "split.train must be > 0")
+        _require(self.val > 0 and self.test > 0,
+                 "split.val and split.test must be > 0: training validates on val, evaluation scores test")
         _require(0 <= self.near_duplicate_distance <= 32, "split.near_duplicate_distance must be in 0..32")
         _require(self.max_pixels > 0, "split.max_pixels must be > 0")
 
@@ -283,7 +288,7 @@ def build(cls: type, raw: Any, where: str) -> Any:
 
 
 def _convert(hint: Any, value: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return build(hint, value, key)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):

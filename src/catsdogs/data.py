@@ -169,8 +169,8 @@ def batched(dataset, batch_size: int, shuffle_seed: int | None = None):
 
     tf.data's autotuning is off. Its thread (TensorFlow 2.21) waits longer and longer between
     tuning rounds, and deleting an iterator waits for the current wait to end: Keras deletes each
-    epoch's iterator as the next epoch starts, so about one CNN epoch in three took 80 s instead
-    of 40, the CPU idle for the difference. Without it, AUTOTUNE parallelism stays at one call per
+    epoch's iterator as the next epoch starts, so about one CNN epoch in three ran at half speed
+    with the CPU idle (reports/decisions.md). Without it, AUTOTUNE parallelism stays at one call per
     core (at most 16).
     """
     import tensorflow as tf
@@ -181,3 +181,13 @@ def batched(dataset, batch_size: int, shuffle_seed: int | None = None):
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    """A training history (Keras CSVLogger: one row per epoch, across resumes) as columns."""
+    if not path.is_file():
+        raise MissingInputError(f"{path} is missing; run: dvc repro train_{path.parent.name}")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    return {key: [float(row[key]) for row in rows] for key in reader.fieldnames or []}

@@ -235,8 +235,14 @@ def _extract_tar(archive: Path, dest: Path, max_files: int, max_bytes: int) -> N
                     )
             _check_totals(archive, len(members), sum(m.size for m in members), max_files, max_bytes)
             dest.mkdir(parents=True, exist_ok=True)
+            # filter="data" (Python 3.11.4+) is a second guard behind the checks above, which stand alone where
+            # the interpreter predates it.
+            has_filter = hasattr(tarfile, "data_filter")
             for member in tqdm(members, desc="extract", unit="file", file=sys.stderr):
-                tf.extract(member, dest, filter="data")
+                if has_filter:
+                    tf.extract(member, dest, filter="data")
+                else:
+                    tf.extract(member, dest)
     except (tarfile.TarError, EOFError, OSError) as err:
         raise DownloadError(f"{archive.name}: corrupt or truncated tar archive ({err})") from None
 

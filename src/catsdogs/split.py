@@ -151,8 +151,8 @@ def group_duplicates(checked: list[Checked], max_distance: int) -> list[Group]:
     hashes = np.array([item.phash for item in checked], dtype=np.uint64)
     for start in range(0, len(hashes), 1024):
         block = hashes[start : start + 1024]
-        distances = np.bitwise_count(block[:, None] ^ hashes[None, :])
-        for a, b in zip(*np.nonzero(distances <= max_distance)):
+        distances = popcount(block[:, None] ^ hashes[None, :])
+        for a, b in zip(*np.nonzero(distances <= max_distance), strict=True):
             if start + a < b:
                 union(int(start + a), int(b))
 
@@ -255,6 +255,15 @@ def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
         writer.writerow(header)
         writer.writerows(rows)
     tmp.replace(path)
+
+
+
+def popcount(values: np.ndarray) -> np.ndarray:
+    """Set bits per uint64 element (Hamming weight): np.bitwise_count on NumPy 2, unpacked bytes on 1.26."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(values)
+    bits = np.unpackbits(np.ascontiguousarray(values).view(np.uint8), axis=-1)
+    return bits.reshape(*values.shape, 64).sum(axis=-1)
 
 
 if __name__ == "__main__":
