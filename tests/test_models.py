@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 
 from catsdogs.config import CnnParams
-from catsdogs.features import block4_extractor
 from catsdogs.layers import VGG16Preprocess
 from catsdogs.models import (
-    WeightsError, build_scratch_cnn, build_vgg16_classifier, count_params, load_vgg16_base, tail_model,
+    VGG16_CUT,
+    WeightsError,
+    build_scratch_cnn,
+    build_vgg16_classifier,
+    build_vgg16_extractor,
+    count_params,
+    load_vgg16_base,
+    tail_model,
     unfreeze_block5,
 )
 
@@ -21,7 +27,7 @@ CNN = CnnParams(centered_inputs=True, initializer="he_uniform")
 
 def test_book_parameter_counts_at_150() -> None:
     assert count_params(build_scratch_cnn(150, 0.5, None, CNN)) == (3_453_121, 0)
-    vgg = build_vgg16_classifier(150, None, 0.5, None)
+    vgg = build_vgg16_classifier(150, None, 0.5, None, 150)
     assert count_params(vgg) == (2_097_665, 14_714_688)
     trainable, frozen = count_params(unfreeze_block5(vgg))
     assert trainable == 9_177_089 and trainable + frozen == 2_097_665 + 14_714_688
@@ -33,7 +39,7 @@ def test_book_parameter_counts_at_150() -> None:
 
 def test_models_take_raw_pixels_of_any_batch_size() -> None:
     rng = np.random.default_rng(0)
-    for model in (build_scratch_cnn(48, 0.0, None, CNN), build_vgg16_classifier(48, None, 0.0, None)):
+    for model in (build_scratch_cnn(48, 0.0, None, CNN), build_vgg16_classifier(48, None, 0.0, None, 48)):
         for batch in (1, 3):
             p = model.predict(rng.integers(0, 256, (batch, 48, 48, 3)).astype("float32"), verbose=0)
             assert p.shape == (batch, 1) and np.all((p >= 0) & (p <= 1))
@@ -58,30 +64,29 @@ def test_vgg16_preprocess_layer_is_keras_preprocess_input() -> None:
 
 
 def test_tail_shares_layers_with_the_classifier() -> None:
-    model = build_vgg16_classifier(64, None, 0.0, None)
+    model = build_vgg16_classifier(64, None, 0.0, None, 64)
     base = model.get_layer("vgg16")
     pixels = np.random.default_rng(2).integers(0, 256, (2, 64, 64, 3)).astype("float32")
     cut = keras.Model(base.inputs, base.get_layer("block4_pool").output)
     activations = cut.predict(keras.applications.vgg16.preprocess_input(pixels.copy()), verbose=0)
-    tail = tail_model(model, after="block4_pool")
+    tail = tail_model(model, after=VGG16_CUT)
     np.testing.assert_allclose(tail.predict(activations, verbose=0), model.predict(pixels, verbose=0), rtol=1e-4)
     tail.get_layer("p_dog").bias.assign([3.0])  # training the tail changes the classifier
     assert float(model.get_layer("p_dog").bias.numpy()[0]) == 3.0
 
 
 def test_vgg16_models_resize_pixels_to_the_input_size_inside_the_model() -> None:
-    assert "vgg16_resize" not in [layer.name for layer in build_vgg16_classifier(48, None, 0.0, None).layers]
     assert "vgg16_resize" not in [layer.name for layer in build_vgg16_classifier(48, None, 0.0, None, 48).layers]
     model = build_vgg16_classifier(48, None, 0.0, None, input_size=64)
     assert model.input_shape == (None, 48, 48, 3)
     assert model.get_layer("vgg16").input_shape == (None, 64, 64, 3)
-    assert block4_extractor(None, 48, 64).output_shape == (None, 4, 4, 512)  # 64 px / 16, not 48 / 16
+    assert build_vgg16_extractor(None, 48, 64).output_shape == (None, 4, 4, 512)  # 64 px / 16, not 48 / 16
     pixels = np.random.default_rng(4).integers(0, 256, (2, 48, 48, 3)).astype("float32")
     resized = np.array(keras.layers.Resizing(64, 64, interpolation="bilinear")(pixels))
     base = model.get_layer("vgg16")
     cut = keras.Model(base.inputs, base.get_layer("block4_pool").output)
     activations = cut.predict(keras.applications.vgg16.preprocess_input(resized), verbose=0)
-    np.testing.assert_allclose(tail_model(model, after="block4_pool").predict(activations, verbose=0),
+    np.testing.assert_allclose(tail_model(model, after=VGG16_CUT).predict(activations, verbose=0),
                                model.predict(pixels, verbose=0), rtol=1e-4)
 
 

@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 
 from catsdogs.config import BACKUP_DIR, FEATURES_DIR, MODEL_NAMES, MODELS_DIR, load_params
-from catsdogs.models import build_scratch_cnn
 from catsdogs.data import MissingInputError
 from catsdogs.features import compute_features
+from catsdogs.models import build_scratch_cnn
 from catsdogs.train import compile_model, load_features, train_model
 from conftest import SIZE, make_params
 
 CNN = make_params().cnn
 
-pytestmark = pytest.mark.slow
 
 
 def test_features_cache_views_and_labels(in_project: Path) -> None:
@@ -94,11 +93,11 @@ def test_augmented_starts_from_the_trained_scratch_cnn(trained: dict, in_project
     scratch = keras.models.load_model(MODELS_DIR / "scratch" / "model.keras")
     augmented = keras.models.load_model(MODELS_DIR / "augmented" / "model.keras")
     random = build_scratch_cnn(SIZE, 0.5, None, CNN)
-    for start, tuned in zip(scratch.trainable_weights, augmented.trainable_weights):
+    for start, tuned in zip(scratch.trainable_weights, augmented.trainable_weights, strict=True):
         # a few Adam steps at augmented's learning rate move each weight by a few thousandths; a fresh start is far away
         assert np.abs(start.numpy() - tuned.numpy()).max() < 0.01
     assert max(np.abs(a.numpy() - b.numpy()).max() for a, b in zip(augmented.trainable_weights,
-                                                                    random.trainable_weights)) > 0.05
+                                                                    random.trainable_weights, strict=True)) > 0.05
 
 
 def test_cosine_schedule_decays_over_the_epoch_budget() -> None:

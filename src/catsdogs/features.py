@@ -23,11 +23,9 @@ from catsdogs import configure_logging
 from catsdogs.augment import build_augmentation
 from catsdogs.config import FEATURES_DIR, SPLITS_DIR, ConfigError, Params, load_params
 from catsdogs.data import MissingInputError, batched, binary_class_names, image_dataset, manifest_path, read_manifest
-from catsdogs.models import WeightsError, load_vgg16_base, set_precision, vgg16_input
+from catsdogs.models import VGG16_CUT, WeightsError, build_vgg16_extractor, set_precision
 
 log = logging.getLogger(__name__)
-
-CUT = "block4_pool"
 
 
 def main() -> None:
@@ -40,24 +38,15 @@ def main() -> None:
         sys.exit(f"features: {err}")
 
 
-def block4_extractor(weights: str | None, image_size: int, input_size: int | None = None) -> keras.Model:
-    input_size = input_size or image_size
-    base = load_vgg16_base(weights, input_size)
-    inputs = keras.Input((image_size, image_size, 3), name="pixels")
-    x = vgg16_input(inputs, image_size, input_size)
-    cut = keras.Model(base.inputs, base.get_layer(CUT).output, name="vgg16_blocks1_4")
-    return keras.Model(inputs, cut(x, training=False), name="block4_features")
-
-
 def compute_features(params: Params, splits_dir: Path, out_dir: Path) -> dict:
     train = read_manifest(manifest_path("train", splits_dir))
     val = read_manifest(manifest_path("val", splits_dir))
     class_names = binary_class_names(train)
     precision = set_precision(params.train.precision)  # as the models that will run these layers
-    extractor = block4_extractor(params.pretrained.weights, params.image_size, params.vgg16_input_size)
+    extractor = build_vgg16_extractor(params.pretrained.weights, params.image_size, params.vgg16_input_size)
     augmentation = build_augmentation(params.augment, params.train.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"class_names": list(class_names), "views": params.features.views, "cut": CUT,
+    meta = {"class_names": list(class_names), "views": params.features.views, "cut": VGG16_CUT,
             "image_size": params.image_size, "input_size": params.vgg16_input_size, "precision": precision}
     for split, images, views in (("train", train, params.features.views), ("val", val, 1)):
         dataset = batched(

@@ -19,13 +19,16 @@ from catsdogs.config import CnnParams
 from catsdogs.layers import VGG16Preprocess
 
 VGG16_URL_HINT = "set pretrained.weights to a local copy of the VGG16 'notop' .h5 weights file"
+# The frozen VGG16 layers up to here run once in the features stage; training starts after it.
+VGG16_CUT = "block4_pool"
+VGG16_LAST = "block5_pool"  # the base's output, where the new head begins
 
 
 def set_precision(setting: str) -> str:
     """Sets Keras's dtype policy for the models built next; returns it. A saved model keeps its policy.
 
     `auto`: mixed_bfloat16 where the hardware runs it fast (a GPU, or a CPU with AVX512-BF16/AMX),
-    float32 elsewhere (bfloat16 emulated on an AVX2 CPU trains the CNN ~10x slower).
+    float32 elsewhere (bfloat16 emulated on an AVX2 CPU trains the CNN several times slower).
     """
     policy = setting
     if setting == "auto":
@@ -88,10 +91,9 @@ def vgg16_input(pixels, image_size: int, input_size: int):
 
 def build_vgg16_classifier(
     image_size: int, weights: str | None, dropout: float, augmentation: keras.layers.Layer | None,
-    input_size: int | None = None,
+    input_size: int,
 ) -> keras.Model:
-    """`input_size`: the side the VGG16 base sees (None: image_size, no resizing)."""
-    input_size = input_size or image_size
+    """`input_size`: the side the VGG16 base sees (Params.vgg16_input_size; image_size: no resizing)."""
     base = load_vgg16_base(weights, input_size)
     base.trainable = False
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
@@ -118,6 +120,15 @@ def unfreeze_block5(model: keras.Model) -> keras.Model:
     for layer in base.layers:
         layer.trainable = layer.name.startswith("block5")
     return model
+
+
+def build_vgg16_extractor(weights: str | None, image_size: int, input_size: int) -> keras.Model:
+    """Raw pixels -> the frozen base's activations at VGG16_CUT: what the features stage caches."""
+    base = load_vgg16_base(weights, input_size)
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = vgg16_input(inputs, image_size, input_size)
+    cut = keras.Model(base.inputs, base.get_layer(VGG16_CUT).output, name="vgg16_blocks1_4")
+    return keras.Model(inputs, cut(x, training=False), name="block4_features")
 
 
 def count_params(model: keras.Model) -> tuple[int, int]:

@@ -26,16 +26,16 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema
+from mlflow.pyfunc import PythonModel, PythonModelContext
+from mlflow.types import ColSpec, Schema, TensorSpec
 
 import catsdogs
 from catsdogs.images import ImageError, load_pixels
 
 # Before TensorFlow loads (load_context): for one image per call on a CPU without native bfloat16,
-# TensorFlow's own kernels answer faster than oneDNN's (117 vs 175 ms for the fine-tuned VGG16 on 2 AVX2
-# cores; bench/kernels.py). On a CPU with AVX512-BF16/AMX, models train (and are saved) in mixed
-# bfloat16, which only oneDNN runs fast (VGG16 base, one image at 150 / 224 px: 19.5 / 27.0 ms against
-# 71.5 / 138.9 without; reports/benchmark_kernels.json): it stays on.
+# TensorFlow's own kernels answer faster than oneDNN's. On a CPU with AVX512-BF16/AMX, models train (and
+# are saved) in mixed bfloat16, which only oneDNN runs fast: it stays on. Measured by `python -m
+# bench.kernels`; the figures are in reports/decisions.md ("oneDNN kernels").
 if not catsdogs.ONEDNN_SET_BY_USER and "tensorflow" not in sys.modules and not catsdogs.cpu_has_fast_bfloat16():
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
 
@@ -44,14 +44,15 @@ MAX_IMAGES_PER_REQUEST = 64
 
 
 def signature(class_names: list[str]) -> ModelSignature:
-    outputs = [ColSpec("string", "label")] + [ColSpec("double", f"p_{name}") for name in class_names]
+    outputs: list[ColSpec | TensorSpec] = [ColSpec("string", "label")]
+    outputs += [ColSpec("double", f"p_{name}") for name in class_names]
     return ModelSignature(inputs=Schema([ColSpec("string", COLUMN)]), outputs=Schema(outputs))
 
 
-class ImageClassifier(mlflow.pyfunc.PythonModel):
-    """model_config: class_names (negative, positive), image_size, max_pixels."""
+class ImageClassifier(PythonModel):
+    """model_config: class_names (negative, positive), max_pixels; the image size is the saved model's input."""
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+    def load_context(self, context: PythonModelContext) -> None:
         import keras
 
         from catsdogs import layers  # noqa: F401  registers the custom layers the .keras file uses
@@ -59,12 +60,12 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.model = keras.models.load_model(context.artifacts["keras_model"])
         config = context.model_config
         self.class_names = list(config["class_names"])
-        self.image_size = int(config["image_size"])
+        self.image_size = int(self.model.input_shape[1])
         self.max_pixels = int(config["max_pixels"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         pixels = np.stack([self._decode(i, value) for i, value in enumerate(_images(model_input))])
-        # predict_on_batch: one graph call; predict() would build a tf.data pipeline per request (+75 ms)
+        # predict_on_batch: one graph call; predict() would build a tf.data pipeline for every request
         p_positive = np.asarray(self.model.predict_on_batch(pixels.astype(np.float32))).reshape(-1).astype(np.float64)
         negative, positive = self.class_names
         return pd.DataFrame(

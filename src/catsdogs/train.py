@@ -16,7 +16,10 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import keras
 import numpy as np
@@ -35,9 +38,19 @@ from catsdogs.config import (
     load_params,
     parse_model_name,
 )
-from catsdogs.data import MissingInputError, batched, binary_class_names, image_dataset, manifest_path, read_manifest
+from catsdogs.data import (
+    MissingInputError,
+    batched,
+    binary_class_names,
+    image_dataset,
+    manifest_path,
+    read_history,
+    read_manifest,
+)
 from catsdogs.layers import RandomAffine, VGG16Preprocess
 from catsdogs.models import (
+    VGG16_CUT,
+    VGG16_LAST,
     WeightsError,
     build_scratch_cnn,
     build_vgg16_classifier,
@@ -47,6 +60,9 @@ from catsdogs.models import (
     unfreeze_block5,
 )
 from catsdogs.tracking import mlflow, run_tags, setup_mlflow
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +91,16 @@ def train_model(name: str, params: Params, out_dir: Path, backup_dir: Path) -> d
     started = time.perf_counter()
     with mlflow.start_run(run_id=resumed, run_name=name, tags=run_tags(f"train_{name}", parent_run_id)) as run:
         (backup_dir / "run_id").write_text(run.info.run_id)
-        model, fit_model, train_data, val_data, class_names = prepare(name, params)
-        trainable, frozen = count_params(model)
+        job = RECIPES[name](params, params.models[name])
+        trainable, frozen = count_params(job.model)
         if resumed is None:
             mlflow.log_params({**flatten(params), "model": name, "precision": precision,
-                               "class_names": ",".join(class_names)})
+                               "class_names": ",".join(job.class_names)})
             mlflow.log_metrics({"trainable_params": trainable, "non_trainable_params": frozen})
         else:
             log.info("resuming run %s from %s", resumed, backup_dir)
-        history = fit(fit_model, train_data, val_data, params.models[name], backup_dir)
-        val_loss, val_accuracy = fit_model.evaluate(*_xy(val_data), verbose=0)
+        history = fit(job.trained_part, job.train_data, job.val_data, params.models[name], backup_dir)
+        val_loss, val_accuracy = job.trained_part.evaluate(*_xy(job.val_data), verbose=0)
         metrics = {
             "val_accuracy": float(val_accuracy),
             "val_loss": float(val_loss),
@@ -94,10 +110,10 @@ def train_model(name: str, params: Params, out_dir: Path, backup_dir: Path) -> d
         }
         mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
         mlflow.log_figure(plot_history(history, name), "learning_curves.png")
-        model_info = log_model(model, val_data, class_names)
-        write_outputs(out_dir, model, backup_dir / "history.csv", metrics,
+        model_info = log_model(job.model, job.val_data, job.class_names)
+        write_outputs(out_dir, job.model, backup_dir / "history.csv", metrics,
                       {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
-                       "model_uri": model_info.model_uri, "class_names": list(class_names)})
+                       "model_uri": model_info.model_uri, "class_names": list(job.class_names)})
     shutil.rmtree(backup_dir, ignore_errors=True)
     log.info("%s: val_accuracy %.4f after %d epochs (best %d), %.0fs, run %s", name, metrics["val_accuracy"],
              metrics["epochs"], metrics["best_epoch"], metrics["train_seconds"], run.info.run_id)
@@ -123,46 +139,78 @@ def resumable_run(backup_dir: Path, flat_params: dict) -> str | None:
     return None
 
 
-def prepare(name: str, params: Params):
-    """(full model, model to fit, train data, val data, class names) for one of the four models."""
-    settings = params.models[name]
-    augmentation = build_augmentation(params.augment, params.train.seed) if settings.augment else None
-    if name in ("scratch", "augmented"):
-        train = read_manifest(manifest_path("train", SPLITS_DIR))
-        class_names = binary_class_names(train)
-        model = build_scratch_cnn(params.image_size, settings.dropout, augmentation, params.cnn)
-        if settings.init_from:
-            copy_weights(load_trained(settings.init_from), model)
-        size, max_pixels = params.image_size, params.split.max_pixels
-        train_ds = batched(image_dataset(train, class_names, size, max_pixels), settings.batch_size,
-                           shuffle_seed=params.train.seed)
-        val = read_manifest(manifest_path("val", SPLITS_DIR))
-        val_ds = batched(image_dataset(val, class_names, size, max_pixels), settings.batch_size)
-        compile_model(model, settings, steps_per_epoch=int(train_ds.cardinality()))
-        return model, model, train_ds, val_ds, class_names
+# Batched (pixels, labels) from the manifests, or an (activations, labels) pair of tensors.
+Data: TypeAlias = "tf.data.Dataset | tuple[Any, Any]"
 
-    features = load_features(FEATURES_DIR, use_augmented_views=settings.augment, input_size=params.vgg16_input_size)
-    class_names = tuple(features["class_names"])
-    if name == "feature_extraction":
-        model = build_vgg16_classifier(params.image_size, params.pretrained.weights, settings.dropout, augmentation,
-                                       params.vgg16_input_size)
-        # block5 is frozen too: run it once over the cached activations, then fit only the head.
-        block5 = tail_model(model, after="block4_pool", until="block5_pool")
-        train = (block5.predict(features["train_x"], batch_size=64, verbose=0), features["train_y"])
-        val = (block5.predict(features["val_x"], batch_size=64, verbose=0), features["val_y"])
-        fit_model = tail_model(model, after="block5_pool")
-    else:
-        if settings.init_from:
-            model = load_trained(settings.init_from)
-        else:
-            model = build_vgg16_classifier(params.image_size, params.pretrained.weights, settings.dropout,
-                                           augmentation, params.vgg16_input_size)
-        model = unfreeze_block5(model)
-        train = (features["train_x"], features["train_y"])
-        val = (features["val_x"], features["val_y"])
-        fit_model = tail_model(model, after="block4_pool")
-    compile_model(fit_model, settings, steps_per_epoch=-(-len(train[1]) // settings.batch_size))
-    return model, fit_model, train, val, class_names
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """What one model trains: the full model that is saved, the part of it that is fitted, and on what."""
+
+    model: keras.Model  # raw pixels in: saved, logged, evaluated and served
+    trained_part: keras.Model  # `model` itself, or its layers after the cached VGG16 cut (they share weights)
+    train_data: Data
+    val_data: Data
+    class_names: tuple[str, ...]
+
+
+def cnn_job(params: Params, settings: ModelParams) -> TrainingJob:
+    """scratch and augmented: the small CNN on decoded pixels, augmented inside the model if asked."""
+    train = read_manifest(manifest_path("train", SPLITS_DIR))
+    val = read_manifest(manifest_path("val", SPLITS_DIR))
+    class_names = binary_class_names(train)
+    model = build_scratch_cnn(params.image_size, settings.dropout, _augmentation(params, settings), params.cnn)
+    if settings.init_from:
+        copy_weights(load_trained(settings.init_from), model)
+    size, max_pixels = params.image_size, params.split.max_pixels
+    train_ds = batched(image_dataset(train, class_names, size, max_pixels), settings.batch_size,
+                       shuffle_seed=params.train.seed)
+    val_ds = batched(image_dataset(val, class_names, size, max_pixels), settings.batch_size)
+    compile_model(model, settings, steps_per_epoch=int(train_ds.cardinality()))
+    return TrainingJob(model, model, train_ds, val_ds, class_names)
+
+
+def feature_extraction_job(params: Params, settings: ModelParams) -> TrainingJob:
+    """The VGG16 classifier with its whole base frozen: only the head trains."""
+    features = load_features(FEATURES_DIR, settings.augment, params.vgg16_input_size)
+    model = _new_vgg16_classifier(params, settings)
+    # block5 is frozen too: run it once over the cached activations, then fit only the head.
+    block5 = tail_model(model, after=VGG16_CUT, until=VGG16_LAST)
+    train = (block5.predict(features["train_x"], batch_size=64, verbose=0), features["train_y"])
+    val = (block5.predict(features["val_x"], batch_size=64, verbose=0), features["val_y"])
+    return _activations_job(model, tail_model(model, after=VGG16_LAST), train, val, features, settings)
+
+
+def fine_tuning_job(params: Params, settings: ModelParams) -> TrainingJob:
+    """The VGG16 classifier with block5 unfrozen, started from the trained feature-extraction model."""
+    features = load_features(FEATURES_DIR, settings.augment, params.vgg16_input_size)
+    start = load_trained(settings.init_from) if settings.init_from else _new_vgg16_classifier(params, settings)
+    model = unfreeze_block5(start)
+    train, val = (features["train_x"], features["train_y"]), (features["val_x"], features["val_y"])
+    return _activations_job(model, tail_model(model, after=VGG16_CUT), train, val, features, settings)
+
+
+RECIPES: dict[str, Callable[[Params, ModelParams], TrainingJob]] = {
+    "scratch": cnn_job,
+    "augmented": cnn_job,
+    "feature_extraction": feature_extraction_job,
+    "fine_tuning": fine_tuning_job,
+}
+
+
+def _augmentation(params: Params, settings: ModelParams) -> keras.layers.Layer | None:
+    return build_augmentation(params.augment, params.train.seed) if settings.augment else None
+
+
+def _new_vgg16_classifier(params: Params, settings: ModelParams) -> keras.Model:
+    return build_vgg16_classifier(params.image_size, params.pretrained.weights, settings.dropout,
+                                  _augmentation(params, settings), params.vgg16_input_size)
+
+
+def _activations_job(model: keras.Model, trained_part: keras.Model, train: tuple, val: tuple, features: dict,
+                     settings: ModelParams) -> TrainingJob:
+    compile_model(trained_part, settings, steps_per_epoch=-(-len(train[1]) // settings.batch_size))
+    return TrainingJob(model, trained_part, train, val, tuple(features["class_names"]))
 
 
 def load_trained(name: str) -> keras.Model:
@@ -177,7 +225,7 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
     if len(source.trainable_weights) != len(target.trainable_weights):
         raise ConfigError(f"cannot start from {source.name}: it has {len(source.trainable_weights)} weight "
                           f"tensors, this model {len(target.trainable_weights)}")
-    pairs = list(zip(source.trainable_weights, target.trainable_weights))
+    pairs = list(zip(source.trainable_weights, target.trainable_weights, strict=True))
     for src, dst in pairs:
         if src.shape != dst.shape:
             raise ConfigError(f"cannot start from {source.name}: weight {src.path} is {src.shape}, "
@@ -258,15 +306,6 @@ def fit(model: keras.Model, train_data, val_data, settings: ModelParams, backup_
     return read_history(backup_dir / "history.csv")
 
 
-def read_history(path: Path) -> dict[str, list]:
-    """The whole history, across resumes (CSVLogger appends), as columns."""
-    import csv
-
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {key: [float(row[key]) for row in rows] for key in rows[0]} if rows else {"val_loss": []}
-
-
 def plot_history(history: dict[str, list], name: str):
     import matplotlib
 
@@ -275,7 +314,7 @@ def plot_history(history: dict[str, list], name: str):
 
     epochs = [int(e) + 1 for e in history["epoch"]]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("accuracy", "loss")):
+    for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
         ax.plot(epochs, history[metric], "o-", label=f"train {metric}")
         ax.plot(epochs, history[f"val_{metric}"], "s-", label=f"validation {metric}")
         ax.set_xlabel("epoch")
