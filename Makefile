@@ -1,7 +1,9 @@
 # Two commands for a fresh machine with Python 3.11+ and pip:
-#   make repro   set up .venv and run the pipeline (dvc repro)
-#   make test    set up .venv and run the test suite
-#   make bench   the performance benchmark on the real data (../shared), reports/benchmark.md
+#   make repro      set up .venv and run the pipeline (dvc repro)
+#   make test       set up .venv and run the whole test suite (what CI runs, after make lint)
+#   make test-fast  the unit tests alone (no trained models, no services): under 2 minutes
+#   make lint       ruff (pycodestyle, pyflakes, isort, bugbear, pyupgrade) and mypy on src/
+#   make bench      the performance benchmark on the real data (../shared), reports/benchmark.md
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,7 +16,7 @@ export DVC_NO_ANALYTICS := 1
 # Quieter TensorFlow start-up logs.
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: repro test bench venv ui clean
+.PHONY: repro test test-fast lint bench venv ui clean
 
 venv: $(STAMP)
 
@@ -22,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is needed, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
 	touch $@
 
 repro: $(STAMP)
@@ -31,9 +33,16 @@ repro: $(STAMP)
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
-# The performance benchmark (bench/README.md): about 35 min on 2 cores with AMX (longer on AVX2-only CPUs); needs ../shared.
+test-fast: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+# The performance benchmark (bench/README.md): the whole pipeline from an empty cache and more; needs ../shared.
 bench: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run.py \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run \
 		--data ../shared/data/cats_and_dogs_filtered.zip --weights ../shared/weights/vgg16_notop.h5
 
 ui: $(STAMP)

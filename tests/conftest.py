@@ -19,6 +19,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
+# Fixtures that build the generated project (split, VGG16 features, four trained and registered models): a
+# test that uses one, directly or through another fixture, is in the slow tier (`make test-fast` skips it).
+PROJECT_FIXTURES = {"tiny_project"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROJECT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def keras_dtype_policy() -> Iterator[None]:
     """Training sets Keras's global dtype policy (mixed_bfloat16 on a CPU with native bfloat16): every test

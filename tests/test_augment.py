@@ -58,8 +58,8 @@ def test_the_same_seed_gives_the_same_augmentations() -> None:
 def test_flip_only_gives_the_image_or_its_mirror() -> None:
     images = np.concatenate([PIXELS] * 4)
     out = np.asarray(build_augmentation(only(horizontal_flip=True), seed=3)(images, training=True))
-    mirrored = [np.array_equal(result, original[:, ::-1]) for original, result in zip(images, out)]
-    assert all(m or np.array_equal(result, original) for m, original, result in zip(mirrored, images, out))
+    mirrored = [np.array_equal(result, original[:, ::-1]) for original, result in zip(images, out, strict=True)]
+    assert all(m or np.array_equal(result, original) for m, original, result in zip(mirrored, images, out, strict=True))
     assert 0 < sum(mirrored) < len(images)
 
 

@@ -9,8 +9,6 @@ from PIL import Image
 from catsdogs import synthetic
 from catsdogs.cli import main
 
-pytestmark = pytest.mark.slow
-
 
 def test_predict_prints_label_and_probabilities_per_file(champion: dict, in_project, capsys) -> None:
     rng = np.random.default_rng(4)
@@ -25,7 +23,7 @@ def test_predict_prints_label_and_probabilities_per_file(champion: dict, in_proj
     lines = out.strip().splitlines()
     assert code == 1, "a file that could not be classified makes the exit status 1"
     assert len(lines) == 2
-    for line, path in zip(lines, (good, grey)):
+    for line, path in zip(lines, (good, grey), strict=True):
         name, label, probabilities = line.split("\t")
         assert name == str(path) and label in {"cat", "dog"}
         p = dict(item.split("=") for item in probabilities.split())

@@ -94,7 +94,7 @@ def test_batched_input_is_seeded_reshuffled_each_epoch_and_not_autotuned(tmp_pat
             batches = list(data)
             assert all(x.dtype.name == "float32" and x.shape[1:] == (24, 24, 3) for x, _ in batches)
             out.append([(float(label), float(pixels.numpy().sum()))
-                        for x, y in batches for pixels, label in zip(x, y.numpy())])
+                        for x, y in batches for pixels, label in zip(x, y.numpy(), strict=True)])
         return out
 
     in_order, again = epochs(None)

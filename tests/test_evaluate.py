@@ -14,8 +14,6 @@ from catsdogs.config import EVALUATION_DIR, MODEL_NAMES, MODELS_DIR, load_params
 from catsdogs.evaluate import evaluate_model, score
 from catsdogs.report import write_report
 
-pytestmark = pytest.mark.slow
-
 
 def test_score_matches_hand_computed_values() -> None:
     y = np.array([0, 0, 1, 1, 1])

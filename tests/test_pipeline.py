@@ -17,7 +17,7 @@ from catsdogs import synthetic
 from catsdogs.config import MODEL_NAMES
 from conftest import copy_project
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # each test runs the real DVC stages in subprocesses
 
 
 def _env() -> dict[str, str]:

@@ -15,7 +15,7 @@ from conftest import ROOT, SHARED
 
 ARCHIVE = SHARED / "data" / "cats_and_dogs_filtered.zip"
 
-pytestmark = [
+pytestmark = [  # every test here reads the whole real archive: all slow
     pytest.mark.real_data,
     pytest.mark.slow,
     pytest.mark.skipif(not ARCHIVE.is_file(), reason=f"real data not here: {ARCHIVE} is absent"),

@@ -48,7 +48,7 @@ def preview_grid(params: AugmentParams, pixels, count: int, seed: int):
         ax.axis("off")
     axes.flat[0].imshow(pixels)
     axes.flat[0].set_title("original")
-    for i, (ax, view) in enumerate(zip(axes.flat[1:], views), start=1):
+    for i, (ax, view) in enumerate(zip(axes.flat[1:], views, strict=False), start=1):
         ax.imshow(np.clip(view, 0, 255).astype("uint8"))
         ax.set_title(f"augmented {i}")
     fig.tight_layout()

@@ -139,7 +139,7 @@ def plot_worst(images: list[LabelledImage], y_true, p_positive, class_names, max
     fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, shown):
+    for ax, i in zip(axes.flat, shown, strict=False):
         ax.imshow(read_rgb(images[i].path, max_pixels))
         ax.set_title(f"{images[i].path.name}\ntrue {class_names[y_true[i]]}, p({class_names[1]})={p_positive[i]:.2f}",
                      fontsize=8)
@@ -152,7 +152,7 @@ def write_predictions(path: Path, images: list[LabelledImage], p_positive, class
     with path.open("w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["path", "actual", "predicted", f"p_{class_names[1]}"])
-        for image, p in zip(images, p_positive):
+        for image, p in zip(images, p_positive, strict=True):
             writer.writerow([image.path.as_posix(), image.label, class_names[int(p >= 0.5)], f"{p:.6f}"])
 
 
