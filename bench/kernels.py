@@ -1,6 +1,6 @@
 """TensorFlow's CPU kernels with and without oneDNN, in float32 and mixed bfloat16, on the project's models.
 
-    python bench/kernels.py [--out reports/benchmark_kernels.json]
+    python -m bench.kernels [--out reports/benchmark_kernels.json]
 
 For each setting of TF_ENABLE_ONEDNN_OPTS (0, 1) and each precision, in a fresh process (TensorFlow
 reads the variable once, at import): training images/s of the book CNN (batch 16, as
@@ -38,7 +38,7 @@ def main() -> None:
             key = f"TF_ENABLE_ONEDNN_OPTS={setting}, {precision}"
             print(f"kernels benchmark: {key} ...", file=sys.stderr, flush=True)
             env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": setting}
-            done = subprocess.run([sys.executable, __file__, "--child", precision], env=env, check=True,
+            done = subprocess.run([sys.executable, "-m", "bench.kernels", "--child", precision], env=env, check=True,
                                   stdout=subprocess.PIPE, text=True)
             result[key] = json.loads(done.stdout.strip().splitlines()[-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)

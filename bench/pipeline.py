@@ -1,6 +1,6 @@
 """Training throughput of the `augmented` model: the book's input pipeline against ours.
 
-    python bench/pipeline.py [--epochs 3] [--out reports/benchmark_pipeline.json]
+    python -m bench.pipeline [--epochs 3] [--out reports/benchmark_pipeline.json]
 
 Run inside a project folder whose `dvc repro split` is done (bench/run.py runs it in its workspace).
 Each side trains the same book CNN (3,453,121 parameters) on the real training split for the same
@@ -56,7 +56,7 @@ def run_side(side: str, epochs: int) -> dict:
     env = dict(os.environ)
     if side == "legacy":
         env.pop("TF_ENABLE_ONEDNN_OPTS", None)  # TensorFlow's own default for this CPU, as the book ran
-    command = [sys.executable, __file__, "--side", side, "--epochs", str(epochs)]
+    command = [sys.executable, "-m", "bench.pipeline", "--side", side, "--epochs", str(epochs)]
     print(f"pipeline benchmark: {side} side, {epochs} epochs ...", file=sys.stderr, flush=True)
     done = subprocess.run(command, env=env, check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])

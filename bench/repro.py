@@ -1,8 +1,8 @@
 """The whole default pipeline from an empty cache, timed stage by stage, with its peak memory.
 
-    python bench/repro.py WORKSPACE [--out reports/benchmark_repro.json]
+    python -m bench.repro WORKSPACE [--out reports/benchmark_repro.json]
 
-Runs `dvc repro` (download to register) in WORKSPACE, a fresh clone made by bench/run.py, and
+Runs `dvc repro` (download to register) in WORKSPACE, a fresh clone (bench.harness.make_workspace), and
 follows its output: a stage lasts from DVC's "Running stage" line to the next one (so DVC's caching
 of its outputs counts too). Memory: the resident set of the whole process tree (dvc and the stage
 it runs), sampled every 0.2 s; its maximum per stage and overall. CPU: the share of the machine's

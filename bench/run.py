@@ -1,37 +1,33 @@
 """The performance benchmark: writes reports/benchmark.md and reports/benchmark.json.
 
-    python bench/run.py --data ../shared/data/cats_and_dogs_filtered.zip \
+    python -m bench.run --data ../shared/data/cats_and_dogs_filtered.zip \
         --weights ../shared/weights/vgg16_notop.h5 [--workspace ../catsdogs-bench] [--only PART ...]
 
 (`make bench` runs this with the paths above.) Parts, in order; each writes its own JSON under
 reports/, and the report is rebuilt from whatever JSON is there, so one part can be rerun alone:
 - repro:    a fresh clone of this repository's HEAD in --workspace (an empty DVC cache and MLflow
             store), params.yaml pointed at --data and --weights and otherwise the defaults, then
-            `dvc repro` timed stage by stage (bench/repro.py);
+            `dvc repro` timed stage by stage (bench.repro);
 - pipeline: training throughput of the augmented model against the book's ImageDataGenerator
-            pipeline, in that workspace (bench/pipeline.py);
-- serving:  the registered champion behind `mlflow models serve` (bench/serving.py).
+            pipeline, in that workspace (bench.pipeline);
+- serving:  the registered champion behind `mlflow models serve` (bench.serving).
 Never part of the test suite: it takes about 35 minutes on 2 cores with AMX.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import os
 import platform
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import psutil
-import yaml
 
+from bench.harness import REPORTS, ROOT, make_workspace, run_part
 from catsdogs.report import BOOK_ACCURACY
 
-ROOT = Path(__file__).resolve().parent.parent
-REPORTS = ROOT / "reports"
 PARTS = ("repro", "pipeline", "serving")
 TARGET = {"scratch": 0.74, "augmented": 0.84, "feature_extraction": 0.96, "fine_tuning": 0.975}
 LIMITS = {"repro_minutes": 45, "peak_rss_gib": 6, "speedup": 2.0, "serving_p50_ms": 150}
@@ -46,39 +42,27 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     args = parser.parse_args()
     workspace = args.workspace.resolve()
-    env = bench_env(workspace)
-    bench = [sys.executable, "-u"]
+    data, weights = args.data.resolve(), args.weights.resolve()
     if "repro" in args.only:
-        make_workspace(workspace, args.data.resolve(), args.weights.resolve())
-        run([*bench, ROOT / "bench/repro.py", workspace, "--out", REPORTS / "benchmark_repro.json"], workspace, env)
+        make_workspace(workspace, data, weights)
+        run_part("repro", [workspace, "--out", REPORTS / "benchmark_repro.json"], workspace)
     if "pipeline" in args.only:
-        run([*bench, ROOT / "bench/pipeline.py", "--out", REPORTS / "benchmark_pipeline.json"], workspace, env)
+        run_part("pipeline", ["--out", REPORTS / "benchmark_pipeline.json"], workspace)
     if "serving" in args.only:
-        run([*bench, ROOT / "bench/serving.py", workspace, "--out", REPORTS / "benchmark_serving.json"], workspace, env)
-    write_report(workspace)
+        run_part("serving", [workspace, "--out", REPORTS / "benchmark_serving.json"], workspace)
+    write_report(workspace, inputs(data, weights))
 
 
-def bench_env(workspace: Path) -> dict:
-    """The workspace's own code (not an editable install of this checkout), the venv's tools, no telemetry."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    env.update(PYTHONPATH=str(workspace / "src"), PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
-               MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", DVC_NO_ANALYTICS="1", TF_CPP_MIN_LOG_LEVEL="2")
-    return env
+def inputs(data: Path, weights: Path) -> dict:
+    """What the run really used: each file's path, size and sha256 (a report says what it measured)."""
+    def describe(path: Path) -> dict:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
-
-def make_workspace(workspace: Path, data: Path, weights: Path) -> None:
-    if workspace.exists():
-        shutil.rmtree(workspace)
-    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(workspace)], check=True)
-    params_file = workspace / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
-    params["data"]["url"], params["pretrained"]["weights"] = str(data), str(weights)
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def run(command: list, cwd: Path, env: dict) -> None:
-    print("+", " ".join(map(str, command)), flush=True)
-    subprocess.run([str(part) for part in command], cwd=cwd, env=env, check=True)
+    return {"data": describe(data), "weights": describe(weights)}
 
 
 def load(name: str) -> dict | None:
@@ -115,11 +99,11 @@ def accuracies(workspace: Path) -> dict:
     return out
 
 
-def write_report(workspace: Path) -> None:
+def write_report(workspace: Path, used: dict) -> None:
     repro, pipeline, serving = load("repro"), load("pipeline"), load("serving")
     accuracy = accuracies(workspace)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workspace, capture_output=True, text=True).stdout.strip()
-    summary = {"commit": commit, "machine": machine(), "test_accuracy": accuracy,
+    summary = {"commit": commit, "machine": machine(), "inputs": used, "test_accuracy": accuracy,
                "book_accuracy": BOOK_ACCURACY, "target_accuracy": TARGET, "limits": LIMITS,
                "repro": repro, "pipeline": pipeline, "serving": serving}
     (REPORTS / "benchmark.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -136,30 +120,42 @@ def verdict(ok: bool) -> str:
 
 
 def markdown(s: dict) -> str:
-    m = s["machine"]
-    lines = [
+    sections = (header, accuracy_section, repro_section, pipeline_section, serving_section)
+    return "\n".join(line for section in sections for line in section(s)) + "\n"
+
+
+def header(s: dict) -> list[str]:
+    m, used = s["machine"], s["inputs"]
+    return [
         "# Benchmark: the default pipeline on this machine",
         "",
-        f"Generated by `bench/run.py` from commit `{s['commit'][:12]}`. Machine: {m['cpu']}, {m['cores']} cores "
-        f"({m['cpu_features']}), {m['memory_gib']} GiB, GPU: {'yes' if m['gpu'] else 'none'}; Python {m['python']}, "
-        f"TensorFlow {m['tensorflow']}, Keras {m['keras']}, MLflow {m['mlflow']}, DVC {m['dvc']}.",
+        f"Generated by `python -m bench.run` from commit `{s['commit'][:12]}`. Machine: {m['cpu']}, {m['cores']} "
+        f"cores ({m['cpu_features']}), {m['memory_gib']} GiB, GPU: {'yes' if m['gpu'] else 'none'}; Python "
+        f"{m['python']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}, MLflow {m['mlflow']}, DVC {m['dvc']}.",
         "",
-        "Command: `python bench/run.py --data ../shared/data/cats_and_dogs_filtered.zip "
-        "--weights ../shared/weights/vgg16_notop.h5` (= `make bench`); data and weights as in issue #5. The VGG16 "
-        "weights are the stand-in VGG16 weights of `../shared/weights`, not the official ImageNet file.",
-        "",
-        "## Test accuracy (held-out test split, 500 images)",
-        "",
-        "| model | book | target | ours | |",
-        "|---|---|---|---|---|",
+        f"Command: `python -m bench.run --data {used['data']['path']} --weights {used['weights']['path']}`. Inputs: "
+        f"data `{Path(used['data']['path']).name}` ({used['data']['bytes']:,} bytes, sha256 "
+        f"`{used['data']['sha256'][:16]}...`); VGG16 weights `{Path(used['weights']['path']).name}` "
+        f"({used['weights']['bytes']:,} bytes, sha256 `{used['weights']['sha256'][:16]}...`). Whether those weights "
+        "are the official ImageNet file is for the reader to check against its sha256.",
     ]
+
+
+def accuracy_section(s: dict) -> list[str]:
+    lines = ["", "## Test accuracy (held-out test split)", "", "| model | book | target | ours | |",
+             "|---|---|---|---|---|"]
     for name, book in s["book_accuracy"].items():
         ours = s["test_accuracy"].get(name)
         target = s["target_accuracy"][name]
         shown = f"{ours:.1%}" if ours is not None else "not run"
         lines.append(f"| {name} | {book:.1%} | >= {target:.1%} | {shown} | "
                      f"{verdict(ours is not None and ours >= target)} |")
+    return lines
+
+
+def repro_section(s: dict) -> list[str]:
     repro = s["repro"]
+    lines: list[str] = []
     if repro:
         minutes = repro["total_seconds"] / 60
         lines += [
@@ -177,7 +173,12 @@ def markdown(s: dict) -> str:
         ]
         lines += [f"| {st['stage']} | {st['seconds'] / 60:.1f} min | {st['peak_rss_gib']:.2f} GiB | "
                   f"{percent(st.get('cpu_busy'))} | {percent(st.get('cpu_steal'))} |" for st in repro["stages"]]
+    return lines
+
+
+def pipeline_section(s: dict) -> list[str]:
     pipeline = s["pipeline"]
+    lines: list[str] = []
     if pipeline:
         lines += [
             "",
@@ -209,7 +210,12 @@ def markdown(s: dict) -> str:
                 f"`train.precision: auto` picks bfloat16 only on a GPU or a CPU with AVX512-BF16 or AMX "
                 f"({'present' if s['machine'].get('fast_bfloat16') else 'absent here'}).",
             ]
+    return lines
+
+
+def serving_section(s: dict) -> list[str]:
     serving = s["serving"]
+    lines: list[str] = []
     if serving:
         seq, con = serving["sequential"], serving["concurrent"]
         lines += [
@@ -227,7 +233,7 @@ def markdown(s: dict) -> str:
             f"| {con['clients']} clients, {con['seconds']:.0f} s | {con['requests']} | {con['errors']} | "
             f"{con['p50_ms']} ms | {con['p95_ms']} ms | {con['p99_ms']} ms | {con['images_per_second']} |",
         ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

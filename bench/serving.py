@@ -1,6 +1,6 @@
 """Latency and throughput of the champion served by `mlflow models serve --env-manager local`.
 
-    python bench/serving.py WORKSPACE [--seconds 60] [--clients 4] [--out reports/benchmark_serving.json]
+    python -m bench.serving WORKSPACE [--seconds 60] [--clients 4] [--out reports/benchmark_serving.json]
 
 In WORKSPACE (a project folder after `dvc repro`): starts the server on a free local port, then
 1. sequential: one client, one 150x150 JPEG per request (a test image, resized), --requests times;
@@ -16,10 +16,6 @@ import base64
 import csv
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -28,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import requests
 from PIL import Image
+
+from bench.harness import served_model
 
 
 def main() -> None:
@@ -46,7 +44,8 @@ def main() -> None:
 
 def benchmark(workspace: Path, sequential: int, clients: int, seconds: float) -> dict:
     image_path, body = request_body(workspace)
-    with served_champion(workspace) as url:
+    with served_model(workspace) as base:
+        url = f"{base}/invocations"
         session = requests.Session()
         for _ in range(5):  # warm-up: the first calls build TensorFlow's kernels
             if not post(session, url, body)[1]:
@@ -111,45 +110,6 @@ def load_test(url: str, body: bytes, clients: int, seconds: float) -> dict:
 def percentiles(latencies_ms: list[float]) -> dict:
     p50, p95, p99 = np.percentile(latencies_ms, [50, 95, 99])
     return {"p50_ms": round(p50, 1), "p95_ms": round(p95, 1), "p99_ms": round(p99, 1)}
-
-
-class served_champion:
-    """`mlflow models serve` of the champion in its own process group, stopped on exit."""
-
-    def __init__(self, workspace: Path):
-        self.workspace = workspace
-
-    def __enter__(self) -> str:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{self.workspace.resolve()}/mlflow.db"}
-        self.log = (self.workspace / "serve.log").open("w")
-        self.process = subprocess.Popen(
-            ["mlflow", "models", "serve", "-m", "models:/catsdogs@champion", "--env-manager", "local",
-             "--host", "127.0.0.1", "--port", str(port)],
-            cwd=self.workspace, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"mlflow models serve exited; see {self.workspace / 'serve.log'}")
-            try:
-                if requests.get(f"{base}/ping", timeout=2).status_code == 200:
-                    return f"{base}/invocations"
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        self.__exit__()
-        raise SystemExit("mlflow models serve did not answer /ping within 300 s")
-
-    def __exit__(self, *exc) -> None:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.log.close()
 
 
 if __name__ == "__main__":

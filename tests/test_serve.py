@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +15,8 @@ import requests
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
+from bench.harness import served_model
 from catsdogs import synthetic
-
-pytestmark = pytest.mark.slow
 
 
 def _b64(data: bytes) -> str:
@@ -78,43 +71,10 @@ def test_pyfunc_rejects_empty_and_oversized_requests(pyfunc) -> None:
         pyfunc.predict(pd.DataFrame({"image": many}))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(champion: dict, tiny_project: Path) -> Iterator[str]:
-    port = _free_port()
-    bin_dir = str(Path(sys.executable).parent)  # the server starts `uvicorn` from PATH, as in an activated venv
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # no leaks from other tests
-    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tiny_project}/mlflow.db", MLFLOW_DISABLE_TELEMETRY="true",
-               PATH=bin_dir + os.pathsep + os.environ["PATH"])
-    mlflow_cli = str(Path(bin_dir) / "mlflow")
-    log = (tiny_project / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [mlflow_cli, "models", "serve", "-m", "models:/catsdogs@champion", "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tiny_project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert process.poll() is None, (tiny_project / "serve.log").read_text()[-3000:]
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "server did not start in 240 s"
-            time.sleep(1)
+    with served_model(tiny_project, timeout=240) as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the server and its workers, by the PID we started
-        process.wait(timeout=30)
-        log.close()
 
 
 def _post(url: str, payload: dict) -> requests.Response:

@@ -1,0 +1,107 @@
+"""What the benchmark parts share: the benchmark workspace, its environment, and a served model.
+
+The workspace is a fresh clone of this repository's HEAD (an empty DVC cache and MLflow store) whose
+params.yaml points at the data and weights given; the parts run the workspace's own code. `served_model`
+starts `mlflow models serve` on a free loopback port and stops it by its process group; the serving
+tests use it too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORTS = ROOT / "reports"
+
+
+def bench_env(workspace: Path) -> dict[str, str]:
+    """The workspace's own code (not an editable install of this checkout), the bench package, this venv's
+    tools, no telemetry, no MLflow settings inherited from the caller."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env.update(PYTHONPATH=f"{workspace / 'src'}{os.pathsep}{ROOT}",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+               MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", DVC_NO_ANALYTICS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    return env
+
+
+def make_workspace(workspace: Path, data: Path, weights: Path) -> None:
+    """A fresh clone of HEAD in `workspace`, with data.url and pretrained.weights set to the given files."""
+    if workspace.exists():
+        shutil.rmtree(workspace)
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(workspace)], check=True)
+    params_file = workspace / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["data"]["url"], params["pretrained"]["weights"] = str(data), str(weights)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run_part(module: str, args: list, workspace: Path) -> None:
+    """`python -m bench.<module> ARGS` in the workspace, with its code and environment."""
+    command = [sys.executable, "-u", "-m", f"bench.{module}", *map(str, args)]
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, cwd=workspace, env=bench_env(workspace), check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def served_model(project: Path, model_uri: str = "models:/catsdogs@champion", tracking_uri: str | None = None,
+                 timeout: float = 300, extra_args: tuple[str, ...] = ()) -> Iterator[str]:
+    """`mlflow models serve --env-manager local` of `model_uri` on 127.0.0.1; yields the server's base URL.
+
+    The server runs from `project` (its MLflow store: `tracking_uri`, default the project's mlflow.db), in
+    its own process group, logging to project/serve.log, and is stopped by that group on exit.
+    """
+    port = free_port()
+    bin_dir = str(Path(sys.executable).parent)  # the server starts `uvicorn` from PATH, as in an activated venv
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=tracking_uri or f"sqlite:///{project.resolve()}/mlflow.db",
+               MLFLOW_DISABLE_TELEMETRY="true", PATH=bin_dir + os.pathsep + env.get("PATH", ""))
+    log_path = project / "serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+             "--host", "127.0.0.1", "--port", str(port), *extra_args],
+            cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_ping(url, process, log_path, timeout)
+            yield url
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)  # the server and its workers, by the group we started
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def wait_for_ping(url: str, process: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow models serve exited: {log_path.read_text()[-3000:]}")
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"mlflow models serve did not answer /ping within {timeout:.0f} s; see {log_path}")
+        time.sleep(1)
