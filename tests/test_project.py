@@ -43,12 +43,7 @@ def test_mlproject_points_at_conda_and_runs_the_pipeline() -> None:
         assert command in expected, f"MLproject entry point {name} runs {command!r}, which no DVC stage runs"
 
 
-def test_dvc_stages_declare_their_modules_and_analytics_are_off() -> None:
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name, stage in stages.items():
-        stage = stage.get("do", stage)  # foreach stages
-        module = re.search(r"catsdogs\.(\w+)", stage["cmd"]).group(1)
-        assert f"src/catsdogs/{module}.py" in stage["deps"], f"stage {name} must depend on its module"
+def test_dvc_analytics_are_off() -> None:  # the stages' deps: tests/test_dvc_graph.py
     config = configparser.ConfigParser()
     config.read(ROOT / ".dvc" / "config")
     assert config["core"]["analytics"] == "false"
@@ -100,3 +95,21 @@ def test_onednn_default_is_not_mistaken_for_a_user_choice_in_child_processes() -
     assert child(**inherited) == ["False", "1", serving]
     assert child(TF_ENABLE_ONEDNN_OPTS="1") == ["True", "1", "1"]  # the user's choice holds, serving too
     assert child(**{**inherited, "TF_ENABLE_ONEDNN_OPTS": "0"}) == ["True", "0", "0"]
+
+
+def test_readme_results_table_is_the_generated_report() -> None:
+    """The README shows reports/results.md's table as generated, so the two cannot drift apart."""
+    def table(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith("|")]
+
+    results = table((ROOT / "reports" / "results.md").read_text())
+    assert results and results[0].startswith("| model | book | test accuracy")
+    readme = (ROOT / "README.md").read_text()
+    assert "\n".join(results) in readme, "copy reports/results.md's table into README.md's Results section"
+
+
+def test_no_measured_figures_in_params_comments() -> None:
+    """params.yaml says what a key means; timings and accuracies live in reports/ (they go stale)."""
+    figures = re.compile(r"\d+(\.\d+)?\s?(ms|min|%|images/s)(\W|$)")
+    comments = [line.split("#", 1)[1] for line in (ROOT / "params.yaml").read_text().splitlines() if "#" in line]
+    assert [c for c in comments if figures.search(c)] == []

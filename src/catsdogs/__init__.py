@@ -8,8 +8,8 @@ from pathlib import Path
 # sends telemetry by default). A user who wants it can set MLFLOW_DISABLE_TELEMETRY=false.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # Before TensorFlow loads: its oneDNN kernels are on by default only on CPUs with AVX512/AMX
-# extensions, yet on an AVX2-only CPU they also train the book CNN about 1.7x faster at float32
-# (`python bench/kernels.py` measures it). TF_ENABLE_ONEDNN_OPTS=0 restores TensorFlow's own choice.
+# extensions, yet on an AVX2-only CPU they also train the book CNN faster at float32
+# (`python -m bench.kernels` measures it). TF_ENABLE_ONEDNN_OPTS=0 restores TensorFlow's own choice.
 # Serving answers one image at a time, where TensorFlow's own kernels are faster: serve.py turns
 # oneDNN off again unless the user chose (ONEDNN_SET_BY_USER). The mark tells child processes
 # (dvc stages, `mlflow models serve`) that the value they inherit is this default, not a choice.

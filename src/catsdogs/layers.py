@@ -24,8 +24,8 @@ class RandomAffine(keras.layers.Layer):
     and horizontal flip composed into one affine map per image, applied with one bilinear resampling.
 
     Chaining keras.layers.RandomRotation, RandomTranslation, RandomShear and RandomZoom resamples
-    each image four times: four rounds of interpolation blur, and four times the work (94 against
-    19-23 ms for a batch of 32 at 150x150 on a 2-core CPU, a seventh of a training step).
+    each image four times: four rounds of interpolation blur, and about four times the work
+    (reports/decisions.md, "One augmentation layer").
     Ranges, all drawn uniformly per image: rotation +-rotation_degrees; shift +-shift of the width and
     of the height; shear: x moves by up to +-shear times the distance from the centre row (0.2: about
     11 degrees, keras.layers.RandomShear's x_factor); zoom: one scale for both axes, 1 +- zoom
