@@ -62,17 +62,20 @@ def free_port() -> int:
 
 @contextmanager
 def served_model(project: Path, model_uri: str = "models:/catsdogs@champion", tracking_uri: str | None = None,
-                 timeout: float = 300, extra_args: tuple[str, ...] = ()) -> Iterator[str]:
+                 timeout: float = 300, extra_args: tuple[str, ...] = (),
+                 extra_env: dict[str, str] | None = None) -> Iterator[str]:
     """`mlflow models serve --env-manager local` of `model_uri` on 127.0.0.1; yields the server's base URL.
 
     The server runs from `project` (its MLflow store: `tracking_uri`, default the project's mlflow.db), in
-    its own process group, logging to project/serve.log, and is stopped by that group on exit.
+    its own process group, logging to project/serve.log, and is stopped by that group on exit. `extra_env`
+    adds variables (a tracking server's MLFLOW_TRACKING_USERNAME/PASSWORD, say).
     """
     port = free_port()
     bin_dir = str(Path(sys.executable).parent)  # the server starts `uvicorn` from PATH, as in an activated venv
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     env.update(MLFLOW_TRACKING_URI=tracking_uri or f"sqlite:///{project.resolve()}/mlflow.db",
                MLFLOW_DISABLE_TELEMETRY="true", PATH=bin_dir + os.pathsep + env.get("PATH", ""))
+    env.update(extra_env or {})
     log_path = project / "serve.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +128,59 @@ def copy_project(dest: Path) -> Path:
             shutil.copy2(ROOT / name, dest / name)
     shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     return dest
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a pipeline subprocess: this venv's tools, no MLflow settings leaked by in-process
+    tests (mlflow.set_tracking_uri and set_experiment export them), no phoning home, a git identity."""
+    bin_dir = str(Path(sys.executable).parent)
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return {
+        **inherited,
+        "PATH": bin_dir + os.pathsep + os.environ["PATH"],
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
+        **extra,
+    }
+
+
+def run_checked(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+                timeout: float = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env or subprocess_env(), capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def pipeline_project(tmp_path: Path) -> Path:
+    """A git + DVC repository of the project's pipeline over a generated archive (48 px, 1 epoch per model)."""
+    import keras
+
+    project = copy_project(tmp_path / "project")
+    images = tmp_path / "images"
+    synthetic.write_dataset(images, per_class=15, layout="filtered")
+    archive = synthetic.zip_folder(images, tmp_path / "cats_and_dogs_filtered.zip")
+    keras.applications.VGG16(weights=None, include_top=False, input_shape=(48, 48, 3)).save_weights(
+        tmp_path / "vgg.weights.h5"
+    )
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["url"] = archive.as_uri()
+    params["split"].update(train=0.6, val=0.2, test=0.2)
+    params["image_size"] = 48
+    params["pretrained"]["weights"] = str(tmp_path / "vgg.weights.h5")
+    params["pretrained"]["input_size"] = None  # the VGG16 models see the 48 px images as they are
+    params["features"]["views"] = 1
+    for settings in params["models"].values():
+        settings.update(epochs=1, batch_size=8)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_checked(["git", "init", "-q"], project)
+    run_checked(["dvc", "init", "-q"], project)
+    shutil.copy2(ROOT / ".dvc" / "config", project / ".dvc" / "config")  # the project's remote `storage`
+    run_checked(["git", "add", "-A"], project)
+    run_checked(["git", "commit", "-qm", "project"], project)
+    return project
 
 
 SIZE = 48  # the smallest image the book's CNN takes: fast tests

@@ -3,6 +3,7 @@
     catsdogs predict PHOTO... [--model URI]      label and probabilities per file (default: the champion)
     catsdogs augment-preview PHOTO [--out PNG]   a grid of random augmentations of one photo
     catsdogs demo-data FOLDER                    a small generated data set (stripes: cat vs dog)
+    catsdogs services up|down|status|add-user    the team's tracking server, database and object store
     catsdogs download | split | features | train NAME | evaluate NAME | report | register   (the DVC stages)
 """
 
@@ -32,6 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("folder", type=Path)
     demo.add_argument("--per-class", type=int, default=100)
     demo.add_argument("--layout", default="filtered")
+    services = commands.add_parser("services", help="start, stop or inspect the team services (services.py)")
+    services.add_argument("action", choices=("up", "down", "status", "add-user"))
+    services.add_argument("username", nargs="?", help="add-user: the new login's name")
+    services.add_argument("--dir", type=Path, default=Path(".services"), help="state, secrets and logs")
+    services.add_argument("--host", default="127.0.0.1", help="address the services bind to")
+    services.add_argument("--backend-store-uri", help="an existing PostgreSQL instead of a local cluster")
+    services.add_argument("--s3-endpoint", help="an existing S3 endpoint (keys: AWS_ACCESS_KEY_ID/SECRET) instead")
     for stage in STAGES:
         commands.add_parser(stage, help=f"DVC stage {stage} (python -m catsdogs.{stage})", add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -50,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         return _predict(args.paths, args.model)
     if args.command == "augment-preview":
         return _preview(args.photo, args.out, args.count, args.seed)
+    if args.command == "services":
+        return _services(args)
     from catsdogs.synthetic import write_dataset
 
     paths = write_dataset(args.folder, per_class=args.per_class, layout=args.layout)
@@ -72,6 +82,33 @@ def _predict(paths: list[str], model_uri: str | None) -> int:
     for path, message in errors.items():
         print(f"{path}\terror: {message}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _services(args: argparse.Namespace) -> int:
+    from catsdogs import services
+
+    try:
+        if args.action == "up":
+            state = services.up(args.dir, args.host, args.backend_store_uri, args.s3_endpoint)
+            print(f"tracking server: {state.tracking_uri} (user {services.ADMIN}; password in {args.dir}/env)")
+            print(f"object store:    {state.s3_url} (buckets {', '.join(services.BUCKETS.values())})")
+            print(f"to use them:     source {args.dir}/env")
+        elif args.action == "down":
+            stopped = services.down(args.dir)
+            print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        elif args.action == "status":
+            for name, where in services.status(args.dir).items():
+                print(f"{name:9}{where}")
+        else:
+            if not args.username:
+                print("add-user needs a user name: catsdogs services add-user NAME", file=sys.stderr)
+                return 2
+            password = services.add_user(args.dir, args.username)
+            print(f"created {args.username} (read-only) with password: {password}")
+    except services.ServiceError as err:
+        print(f"services {args.action}: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _preview(photo: Path, out: Path, count: int, seed: int) -> int:

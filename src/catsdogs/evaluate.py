@@ -34,7 +34,7 @@ from catsdogs.config import (
 from catsdogs.data import LabelledImage, MissingInputError, batched, image_dataset, manifest_path, read_manifest
 from catsdogs.images import read_rgb
 from catsdogs.layers import RandomAffine, VGG16Preprocess  # noqa: F401  (custom layers of the saved models)
-from catsdogs.tracking import mlflow, setup_mlflow
+from catsdogs.tracking import TRACKING_ERRORS, mlflow, setup_mlflow, tracking_failure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -48,11 +48,13 @@ def main(argv: list[str] | None = None) -> None:
     name = parse_model_name(argv, __doc__)
     configure_logging()
     params = load_params()
-    setup_mlflow(params.mlflow)
     try:
+        setup_mlflow(params.mlflow)
         evaluate_model(params, MODELS_DIR / name, EVALUATION_DIR / name)
     except (MissingInputError, ConfigError) as err:
         sys.exit(f"evaluate {name}: {err}")
+    except TRACKING_ERRORS as err:
+        sys.exit(f"evaluate {name}: {tracking_failure(err)}")
 
 
 def evaluate_model(params: Params, model_dir: Path, out_dir: Path) -> dict:

@@ -25,7 +25,7 @@ from catsdogs import configure_logging, synthetic
 from catsdogs.config import EVALUATION_DIR, MODELS_DIR, ConfigError, Params, load_params
 from catsdogs.data import MissingInputError
 from catsdogs.serve import COLUMN, ImageClassifier, signature
-from catsdogs.tracking import mlflow, setup_mlflow
+from catsdogs.tracking import TRACKING_ERRORS, mlflow, model_requirements, setup_mlflow, tracking_failure
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,13 @@ REGISTERED_FILE = MODELS_DIR / "registered.json"
 def main() -> None:
     configure_logging()
     params = load_params()
-    setup_mlflow(params.mlflow)
     try:
+        setup_mlflow(params.mlflow)
         result = register_model(params, MODELS_DIR / params.register.model, EVALUATION_DIR / params.register.model)
     except (MissingInputError, ConfigError) as err:
         sys.exit(f"register: {err}")
+    except TRACKING_ERRORS as err:
+        sys.exit(f"register: {tracking_failure(err)}")
     REGISTERED_FILE.write_text(json.dumps(result, indent=2) + "\n")
 
 
@@ -84,7 +86,7 @@ def log_classifier(params: Params, keras_file: Path, run: dict):
             code_paths=[str(Path(catsdogs.__file__).parent)],
             signature=signature(run["class_names"]),
             input_example=pd.DataFrame({COLUMN: [_example_image()]}),
-            pip_requirements=_requirements(),
+            pip_requirements=model_requirements(),
             registered_model_name=params.register.name,
         )
         return info, active.data.tags
@@ -135,14 +137,6 @@ def current_holder(client, name: str, alias: str):
 def _example_image() -> str:
     photo = synthetic.make_photo(np.random.default_rng(0), (64, 48))
     return base64.b64encode(synthetic.encode(photo)).decode()
-
-
-def _requirements() -> list[str]:
-    """Pinned to what trained the model; listed here so MLflow need not guess them by loading it."""
-    from importlib.metadata import version
-
-    names = ("mlflow", "tensorflow", "keras", "numpy", "pandas", "pillow")
-    return [f"{name}=={version(name)}" for name in names]
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 
 import mlflow
+import requests
+from mlflow.exceptions import MlflowException
 
 from catsdogs.config import SPLIT_NAMES, SPLITS_DIR, MlflowParams
 
@@ -22,6 +24,19 @@ def setup_mlflow(params: MlflowParams) -> str | None:
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or params.tracking_uri)
     mlflow.set_experiment(params.experiment)
     return os.environ.pop("MLFLOW_RUN_ID", None)
+
+
+# What a stage sees when the tracking store fails or cannot be reached (a server killed, a network gone).
+TRACKING_ERRORS = (MlflowException, requests.RequestException)
+
+
+def tracking_failure(err: Exception) -> str:
+    """One line for the user: which tracking store failed, why (its first line), and what to do."""
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if len(reason) > 300:
+        reason = reason[:300] + "..."
+    return (f"the MLflow tracking store {mlflow.get_tracking_uri()} failed: {reason}; check that it is up "
+            "(catsdogs services status) and rerun: an interrupted training run resumes where it stopped")
 
 
 def git_commit() -> str:
@@ -50,3 +65,12 @@ def run_tags(stage: str, parent_run_id: str | None) -> dict[str, str]:
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     return tags
+
+
+def model_requirements() -> list[str]:
+    """A logged model's pip requirements, pinned to what trained it. Listed, MLflow need not infer them by
+    loading the model in a subprocess at every log_model."""
+    from importlib.metadata import version
+
+    names = ("mlflow", "tensorflow", "keras", "numpy", "pandas", "pillow")
+    return [f"{name}=={version(name)}" for name in names]

@@ -59,7 +59,14 @@ from catsdogs.models import (
     tail_model,
     unfreeze_block5,
 )
-from catsdogs.tracking import mlflow, run_tags, setup_mlflow
+from catsdogs.tracking import (
+    TRACKING_ERRORS,
+    mlflow,
+    model_requirements,
+    run_tags,
+    setup_mlflow,
+    tracking_failure,
+)
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -81,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         train_model(name, params, MODELS_DIR / name, BACKUP_DIR / name)
     except (WeightsError, MissingInputError, ConfigError) as err:
         sys.exit(f"train {name}: {err}")
+    except TRACKING_ERRORS as err:
+        sys.exit(f"train {name}: {tracking_failure(err)}")
 
 
 def train_model(name: str, params: Params, out_dir: Path, backup_dir: Path) -> dict:
@@ -340,6 +349,7 @@ def log_model(model: keras.Model, val_data, class_names: tuple[str, ...]):
         model, name="model", signature=signature, input_example=example,
         custom_objects={"VGG16Preprocess": VGG16Preprocess, "RandomAffine": RandomAffine},
         metadata={"class_names": list(class_names), "positive_class": class_names[1]},
+        pip_requirements=model_requirements(),
     )
 
 
