@@ -26,6 +26,7 @@ def _write_run(root: Path, name: str, val_accuracies: list[float], final_val_acc
         "val_accuracy": final_val_accuracy, "val_loss": 0.4, "best_epoch": 1, "epochs": len(val_accuracies),
         "train_seconds": 120.0}))
     (evaluation_dir / "metrics.json").write_text(json.dumps(TEST_METRICS))
+    (model_dir / "run.json").write_text(json.dumps({"machine": "Test CPU, 2 cores", "precision": "float32"}))
 
 
 def test_best_val_accuracy_is_the_best_epoch_not_the_final_weights(tmp_path: Path) -> None:
@@ -40,6 +41,7 @@ def test_best_val_accuracy_is_the_best_epoch_not_the_final_weights(tmp_path: Pat
     assert cells[columns.index("best val accuracy")] == "90.0%"
     assert cells[columns.index("test accuracy")] == "**90.0%**" and cells[columns.index("epochs")] == "3"
     assert (tmp_path / "reports" / "val_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Trained on: Test CPU, 2 cores, float32." in text
 
 
 def test_a_missing_history_names_the_stage_to_run(tmp_path: Path) -> None:

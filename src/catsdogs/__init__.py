@@ -32,3 +32,15 @@ def cpu_has_fast_bfloat16() -> bool:
     except OSError:
         return False
     return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def describe_machine() -> str:
+    """'<CPU model>, <n> cores' from /proc/cpuinfo (what a result was measured on); the platform elsewhere."""
+    import platform
+
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} cores"

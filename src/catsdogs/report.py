@@ -1,7 +1,7 @@
 """Stage `report`: the chapter's comparison, from our runs.
 
-Reads evaluation/<model>/metrics.json, models/<model>/metrics.json and models/<model>/history.csv
-for the four models. Writes reports/results.md (test accuracy next to the book's, with the other
+Reads evaluation/<model>/metrics.json and models/<model>/{metrics.json,history.csv,run.json} for
+the four models. Writes reports/results.md (test accuracy next to the book's, with the other
 test metrics and training time) and reports/val_accuracy.png (validation accuracy per epoch, all
 models on the same axes).
 """
@@ -64,7 +64,8 @@ def write_report(models_dir: Path, evaluation_dir: Path, out_dir: Path) -> str:
             f"| {test['f1']:.3f} | {test['roc_auc']:.3f} | {test['log_loss']:.3f} | {train['best_val_accuracy']:.1%} "
             f"| {train['epochs']} | {train['train_seconds'] / 60:.1f} min |"
         )
-    lines += ["", f"Test images: {rows[0][1]['images']}. Positive class: {rows[0][1]['positive_class']}.", "",
+    lines += ["", f"Test images: {rows[0][1]['images']}. Positive class: {rows[0][1]['positive_class']}. "
+              f"Trained on: {trained_on(models_dir)}.", "",
               "![validation accuracy per epoch](val_accuracy.png)", ""]
     out_dir.mkdir(parents=True, exist_ok=True)
     text = "\n".join(lines)
@@ -74,6 +75,19 @@ def write_report(models_dir: Path, evaluation_dir: Path, out_dir: Path) -> str:
     plt.close(figure)
     log.info("wrote %s and %s", out_dir / "results.md", out_dir / "val_accuracy.png")
     return text
+
+
+def trained_on(models_dir: Path) -> str:
+    """The machines and precisions the models trained on (recorded in each run.json by train)."""
+    seen: dict[str, list[str]] = {}
+    for name in MODEL_NAMES:
+        path = models_dir / name / "run.json"
+        run = json.loads(path.read_text()) if path.is_file() else {}
+        where = f"{run.get('machine', 'unrecorded machine')}, {run.get('precision', 'unrecorded precision')}"
+        seen.setdefault(where, []).append(name)
+    if len(seen) == 1:
+        return next(iter(seen))
+    return "; ".join(f"{where} ({', '.join(names)})" for where, names in seen.items())
 
 
 def plot_validation_curves(models_dir: Path):

@@ -375,6 +375,8 @@ def start_seaweedfs(paths: Paths, state: State, timeout: float) -> None:
     command = [
         weed_binary(), "server", f"-dir={paths.s3_data}", f"-ip={state.host}", f"-ip.bind={state.host}",
         f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}", "-master.volumeSizeLimitMB=1024",
+        "-master.telemetry=false",  # SeaweedFS reports usage statistics to seaweedfs.com unless told not to
+        "-master.electionTimeout=1s",  # one master: no election to wait for
         f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}", "-volume.max=0",
         "-volume.preStopSeconds=0", "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
         "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}", f"-s3.config={paths.s3_config}",

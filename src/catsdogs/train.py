@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import keras
 import numpy as np
 
-from catsdogs import configure_logging
+from catsdogs import configure_logging, describe_machine
 from catsdogs.augment import build_augmentation
 from catsdogs.config import (
     BACKUP_DIR,
@@ -122,7 +122,8 @@ def train_model(name: str, params: Params, out_dir: Path, backup_dir: Path) -> d
         model_info = log_model(job.model, job.val_data, job.class_names)
         write_outputs(out_dir, job.model, backup_dir / "history.csv", metrics,
                       {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
-                       "model_uri": model_info.model_uri, "class_names": list(job.class_names)})
+                       "model_uri": model_info.model_uri, "class_names": list(job.class_names),
+                       "precision": precision, "machine": describe_machine()})
     shutil.rmtree(backup_dir, ignore_errors=True)
     log.info("%s: val_accuracy %.4f after %d epochs (best %d), %.0fs, run %s", name, metrics["val_accuracy"],
              metrics["epochs"], metrics["best_epoch"], metrics["train_seconds"], run.info.run_id)
