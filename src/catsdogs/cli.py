@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     services.add_argument("action", choices=("up", "down", "status", "add-user"))
     services.add_argument("username", nargs="?", help="add-user: the new login's name")
     services.add_argument("--dir", type=Path, default=Path(".services"), help="state, secrets and logs")
-    services.add_argument("--host", default="127.0.0.1", help="address the services bind to")
+    services.add_argument("--host", help="address the services bind to (first up: 127.0.0.1)")
     services.add_argument("--backend-store-uri", help="an existing PostgreSQL instead of a local cluster")
     services.add_argument("--s3-endpoint", help="an existing S3 endpoint (keys: AWS_ACCESS_KEY_ID/SECRET) instead")
     for stage in STAGES:

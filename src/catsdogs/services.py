@@ -103,9 +103,12 @@ class Paths:
 # ---------------------------------------------------------------------------------------------- commands
 
 
-def up(root: Path = DEFAULT_DIR, host: str = "127.0.0.1", backend_store_uri: str | None = None,
+def up(root: Path = DEFAULT_DIR, host: str | None = None, backend_store_uri: str | None = None,
        s3_endpoint: str | None = None, timeout: float = 120) -> State:
-    """Start whatever is not running (idempotent), wait until each answers, write DIR/env."""
+    """Start whatever is not running (idempotent), wait until each answers, write DIR/env.
+
+    `host`: the address to bind (first `up`: 127.0.0.1 unless given; later: the one chosen, unless given).
+    """
     paths = Paths(root)
     state = load_or_create_state(paths, host, backend_store_uri, s3_endpoint)
     if state.backend_store_uri is None:
@@ -166,14 +169,20 @@ def add_user(root: Path, username: str, password: str | None = None) -> str:
 # ---------------------------------------------------------------------------------------------- state
 
 
-def load_or_create_state(paths: Paths, host: str, backend_store_uri: str | None, s3_endpoint: str | None) -> State:
+def load_or_create_state(paths: Paths, host: str | None, backend_store_uri: str | None,
+                         s3_endpoint: str | None) -> State:
     paths.root.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.root, 0o755)  # the postgres user must reach DIR/postgres; secrets files are 0600
     if paths.state.is_file():
         state = read_state(paths)
-        if host != state.host and host != "127.0.0.1":
+        if host is not None and host != state.host:
+            running = [name for name, where in status(paths.root).items() if where.startswith("running")]
+            if running:
+                raise ServiceError(f"the services of {paths.root} run on {state.host} ({', '.join(running)}); "
+                                   f"stop them (catsdogs services down) before moving them to {host}")
             state.host = host
     else:
+        host = host or "127.0.0.1"
         state = State(host=host, backend_store_uri=backend_store_uri, s3_endpoint=s3_endpoint,
                       pg_password=secrets.token_urlsafe(24), admin_password=secrets.token_urlsafe(24),
                       flask_secret=secrets.token_urlsafe(32))
