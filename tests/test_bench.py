@@ -76,3 +76,21 @@ def test_report_states_the_inputs_it_was_given(tmp_path: Path) -> None:
     assert f"--weights {weights}" in text and "`my_vgg16.h5` (7 bytes" in text
     assert "stand-in" not in text, "the report says what it was given, not what it assumes"
     assert "| scratch | 73.9% | >= 74.0% | 80.0% | met |" in text
+
+
+def test_team_report_puts_the_pull_next_to_the_repro_and_judges_the_logging_cost() -> None:
+    from bench.team import markdown
+
+    machine = {"cpu": "test CPU", "cores": 2, "cpu_features": "avx2", "memory_gib": 24, "dvc": "3", "mlflow": "3"}
+    result = {"command": "python -m bench.team ws --services s", "date": "2026-11-29", "machine": machine,
+              "push": {"seconds": 20.0, "seconds_when_up_to_date": 2.0, "cache_bytes": 900e6},
+              "pull": {"seconds": 30.0, "bytes": 900e6, "dvc_status": "Data and pipelines are up to date."},
+              "logging": {"stage": "train_feature_extraction", "seconds": {"sqlite": 100.0, "server": 103.0},
+                          "server_overhead": 0.03},
+              "repro_seconds": 1800.0}
+    text = markdown(result)
+    assert "| fresh clone: `dvc pull` of everything | 30.0 s | 900 MB |" in text
+    assert "| the same results by `dvc repro` from scratch | 30.0 min | |" in text
+    assert "+3.0% (target: under 5%, met)" in text
+    result["logging"]["server_overhead"] = 0.08
+    assert "(target: under 5%, **not met**)" in markdown(result)
