@@ -113,3 +113,20 @@ def test_http_rejects_non_json(server: str) -> None:
     response = requests.post(f"{server}/invocations", data=b"\x00\x01", headers={"Content-Type": "application/json"},
                              timeout=30)
     assert 400 <= response.status_code < 500
+
+
+def test_pyfunc_batch_mode_gives_each_bad_image_its_error(pyfunc) -> None:
+    """params errors=column (what `catsdogs score` asks for): bad images get an error, the others a label."""
+    good = [_b64(data) for data in _good_files().values()]
+    values = [good[0], "not base64!!", _b64(b"hello, no pixels here"), good[1]]
+    result = pyfunc.predict(pd.DataFrame({"image": values}), params={"errors": "column"})
+    assert list(result.columns) == ["label", "p_cat", "p_dog", "error"]
+    assert list(result["error"][[0, 3]]) == ["", ""]
+    assert result["error"][1] == "not valid base64" and "not an image" in result["error"][2]
+    assert result["label"][1] is None and np.isnan(result["p_dog"][2])
+    expected = pyfunc.predict(pd.DataFrame({"image": [good[0], good[1]]}))
+    np.testing.assert_allclose(result["p_dog"][[0, 3]], expected["p_dog"], rtol=1e-6)
+    many = pyfunc.predict(pd.DataFrame({"image": [good[0]] * 70}), params={"errors": "column"})
+    assert len(many) == 70 and (many["error"] == "").all(), "no per-request limit when scoring in batches"
+    with pytest.raises(MlflowException, match="params.errors must be"):
+        pyfunc.predict(pd.DataFrame({"image": good}), params={"errors": "ignore"})

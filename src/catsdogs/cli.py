@@ -4,6 +4,7 @@
     catsdogs augment-preview PHOTO [--out PNG]   a grid of random augmentations of one photo
     catsdogs demo-data FOLDER                    a small generated data set (stripes: cat vs dog)
     catsdogs services up|down|status|add-user    the team's tracking server, database and object store
+    catsdogs score INPUT... --out PATH           batch scoring of folders, files or tables on Spark (score.py)
     catsdogs download | split | features | train NAME | evaluate NAME | report | register   (the DVC stages)
 """
 
@@ -40,11 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     services.add_argument("--host", help="address the services bind to (first up: 127.0.0.1)")
     services.add_argument("--backend-store-uri", help="an existing PostgreSQL instead of a local cluster")
     services.add_argument("--s3-endpoint", help="an existing S3 endpoint (keys: AWS_ACCESS_KEY_ID/SECRET) instead")
+    commands.add_parser("score", help="classify folders, files or tables of photos on Apache Spark",
+                        add_help=False)
     for stage in STAGES:
         commands.add_parser(stage, help=f"DVC stage {stage} (python -m catsdogs.{stage})", add_help=False)
     args, rest = parser.parse_known_args(argv)
     configure_logging()
 
+    if args.command == "score":
+        from catsdogs import score
+
+        return score.main(rest)
     if args.command in STAGES:
         import importlib
 

@@ -27,7 +27,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
-from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 import catsdogs
 from catsdogs.images import ImageError, load_pixels
@@ -46,7 +46,10 @@ MAX_IMAGES_PER_REQUEST = 64
 def signature(class_names: list[str]) -> ModelSignature:
     outputs: list[ColSpec | TensorSpec] = [ColSpec("string", "label")]
     outputs += [ColSpec("double", f"p_{name}") for name in class_names]
-    return ModelSignature(inputs=Schema([ColSpec("string", COLUMN)]), outputs=Schema(outputs))
+    # errors: "raise" (one bad image fails the request: HTTP 400) or "column" (batch scoring: a bad image
+    # gets a row with `error` set and no label, and the others are classified, with an empty `error`)
+    params = ParamSchema([ParamSpec("errors", "string", "raise")])
+    return ModelSignature(inputs=Schema([ColSpec("string", COLUMN)]), outputs=Schema(outputs), params=params)
 
 
 class ImageClassifier(PythonModel):
@@ -64,17 +67,42 @@ class ImageClassifier(PythonModel):
         self.max_pixels = int(config["max_pixels"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        pixels = np.stack([self._decode(i, value) for i, value in enumerate(_images(model_input))])
-        # predict_on_batch: one graph call; predict() would build a tf.data pipeline for every request
-        p_positive = np.asarray(self.model.predict_on_batch(pixels.astype(np.float32))).reshape(-1).astype(np.float64)
+        errors = (params or {}).get("errors", "raise")
+        if errors not in ("raise", "column"):
+            raise _bad_request(f"params.errors must be 'raise' or 'column', got {errors!r}")
+        values = _images(model_input, limit=MAX_IMAGES_PER_REQUEST if errors == "raise" else None)
+        pixels, failures = [], {}
+        for index, value in enumerate(values):
+            try:
+                pixels.append(self._decode(index, value))
+            except MlflowException as err:
+                if errors == "raise":
+                    raise
+                failures[index] = err.message.removeprefix(f"image {index}: ")
+        p_positive = np.full(len(values), np.nan)
+        good = [i for i in range(len(values)) if i not in failures]
+        if good:
+            p_positive[good] = self._p_positive(np.stack(pixels))
         negative, positive = self.class_names
-        return pd.DataFrame(
-            {
-                "label": np.where(p_positive >= 0.5, positive, negative),
-                f"p_{negative}": 1.0 - p_positive,
-                f"p_{positive}": p_positive,
-            }
-        )
+        result = pd.DataFrame({
+            "label": np.where(p_positive >= 0.5, positive, negative),
+            f"p_{negative}": 1.0 - p_positive,
+            f"p_{positive}": p_positive,
+        })
+        if errors == "column":
+            result.loc[list(failures), "label"] = None
+            # "" when fine: Spark UDFs (mlflow.pyfunc.spark_udf) turn a None string into "None"
+            result["error"] = pd.Series([failures.get(i, "") for i in range(len(values))], dtype=object)
+        return result
+
+    def _p_positive(self, pixels: np.ndarray) -> np.ndarray:
+        """The positive class's probability, MAX_IMAGES_PER_REQUEST images per model call at most."""
+        chunks = [
+            # predict_on_batch: one graph call; predict() would build a tf.data pipeline for every request
+            np.asarray(self.model.predict_on_batch(pixels[i : i + MAX_IMAGES_PER_REQUEST].astype(np.float32)))
+            for i in range(0, len(pixels), MAX_IMAGES_PER_REQUEST)
+        ]
+        return np.concatenate(chunks).reshape(-1).astype(np.float64)
 
     def _decode(self, index: int, value: Any) -> np.ndarray:
         if isinstance(value, str):
@@ -92,7 +120,7 @@ class ImageClassifier(PythonModel):
             raise _bad_request(f"image {index}: {err}") from None
 
 
-def _images(model_input: Any) -> list:
+def _images(model_input: Any, limit: int | None) -> list:
     if isinstance(model_input, pd.DataFrame):
         if COLUMN not in model_input.columns:
             raise _bad_request(f"missing column '{COLUMN}' (base64-encoded image files)")
@@ -103,8 +131,8 @@ def _images(model_input: Any) -> list:
         raise _bad_request(f"expected a table with a column '{COLUMN}' of base64-encoded image files")
     if not values:
         raise _bad_request("no images in the request")
-    if len(values) > MAX_IMAGES_PER_REQUEST:
-        raise _bad_request(f"{len(values)} images in one request; the limit is {MAX_IMAGES_PER_REQUEST}")
+    if limit is not None and len(values) > limit:
+        raise _bad_request(f"{len(values)} images in one request; the limit is {limit}")
     return values
 
 
