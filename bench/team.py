@@ -26,6 +26,7 @@ from pathlib import Path
 
 from bench.harness import REPORTS
 from bench.run import machine
+from catsdogs import services
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("--repro-seconds", type=float, help="`dvc repro` of WORKSPACE from scratch, for comparison")
     parser.add_argument("--reports", type=Path, default=REPORTS)
     args = parser.parse_args()
-    env = {**os.environ, **read_env(args.services / "env")}
+    env = {**os.environ, **services.read_env_file(args.services / "env")}
     workspace = args.workspace.resolve()
     result = {"push": push(workspace, env)}
     clone = workspace.parent / f"{workspace.name}-fresh-clone"
@@ -53,15 +54,6 @@ def main() -> None:
     (args.reports / "benchmark_team.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.reports / "team.md").write_text(markdown(result))
     print(json.dumps(result, indent=2))
-
-
-def read_env(path: Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line.removeprefix("export ").partition("=")
-            values[key] = shlex.split(value)[0]
-    return values
 
 
 def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:

@@ -34,6 +34,7 @@ def test_env_file_sources_in_a_real_shell(tmp_path: Path) -> None:
     shown = subprocess.run(["bash", "-c", f"source {paths.env} && printf '%s|%s' \"$MLFLOW_TRACKING_PASSWORD\" "
                             "\"$MLFLOW_TRACKING_URI\""], capture_output=True, text=True, check=True).stdout
     assert shown == f"{state.admin_password}|http://127.0.0.1:{state.ports['mlflow']}"
+    assert services.read_env_file(paths.env)["MLFLOW_TRACKING_PASSWORD"] == state.admin_password
 
 
 def test_status_before_up_and_when_stopped(tmp_path: Path) -> None:

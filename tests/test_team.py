@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -44,16 +43,6 @@ if (missing := _missing()) is not None:
     pytest.skip(f"team services unavailable: {missing}", allow_module_level=True)
 
 
-def read_env(path: Path) -> dict[str, str]:
-    """DIR/env as a dict, parsed as the shell would."""
-    values = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line.removeprefix("export ").partition("=")
-            values[key] = shlex.split(value)[0]
-    return values
-
-
 @pytest.fixture(scope="module")
 def team() -> Iterator[dict]:
     """The services up in a fresh DIR (under /tmp, which the postgres user can reach); down at the end."""
@@ -61,7 +50,8 @@ def team() -> Iterator[dict]:
     os.chmod(root, 0o755)
     try:
         state = services.up(root / ".services")
-        yield {"dir": root / ".services", "state": state, "env": read_env(root / ".services" / "env")}
+        env = services.read_env_file(root / ".services" / "env")
+        yield {"dir": root / ".services", "state": state, "env": env}
     finally:
         services.down(root / ".services")
         shutil.rmtree(root, ignore_errors=True)

@@ -236,6 +236,18 @@ def write_env(paths: Paths, state: State) -> None:
     write_private(paths.env, text)
 
 
+def read_env_file(path: Path) -> dict[str, str]:
+    """DIR/env's variables, parsed as the shell reads them (for programs that cannot source it)."""
+    import shlex
+
+    values = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("export "):
+            key, _, value = line.removeprefix("export ").partition("=")
+            values[key] = shlex.split(value)[0]
+    return values
+
+
 def shell_quote(value: str) -> str:
     import shlex
 
