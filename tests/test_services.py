@@ -23,6 +23,10 @@ def test_state_is_chosen_once_and_kept_private(tmp_path: Path) -> None:
     assert again == first, "a second up reuses the ports and secrets"
     moved = services.load_or_create_state(paths, "127.0.0.2", None, None)  # nothing runs: it may move
     assert moved.host == "127.0.0.2" and moved.ports == first.ports
+    fixed = services.load_or_create_state(paths, None, None, None, {"mlflow": 5123})
+    assert fixed.ports == {**first.ports, "mlflow": 5123} and fixed.host == "127.0.0.2"
+    with pytest.raises(services.ServiceError, match="unknown service 'redis'"):
+        services.load_or_create_state(paths, None, None, None, {"redis": 6379})
 
 
 def test_env_file_sources_in_a_real_shell(tmp_path: Path) -> None:

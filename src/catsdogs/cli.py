@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     services.add_argument("--host", help="address the services bind to (first up: 127.0.0.1)")
     services.add_argument("--backend-store-uri", help="an existing PostgreSQL instead of a local cluster")
     services.add_argument("--s3-endpoint", help="an existing S3 endpoint (keys: AWS_ACCESS_KEY_ID/SECRET) instead")
+    services.add_argument("--port", action="append", default=[], metavar="SERVICE=PORT",
+                          help="a fixed port for postgres, s3 or mlflow (default: free ports, chosen once)")
     commands.add_parser("score", help="classify folders, files or tables of photos on Apache Spark",
                         add_help=False)
     for stage in STAGES:
@@ -96,7 +98,14 @@ def _services(args: argparse.Namespace) -> int:
 
     try:
         if args.action == "up":
-            state = services.up(args.dir, args.host, args.backend_store_uri, args.s3_endpoint)
+            ports = {}
+            for pair in args.port:
+                name, _, port = pair.partition("=")
+                if not port.isdigit():
+                    print(f"--port takes SERVICE=PORT, got {pair!r}", file=sys.stderr)
+                    return 2
+                ports[name] = int(port)
+            state = services.up(args.dir, args.host, args.backend_store_uri, args.s3_endpoint, ports)
             print(f"tracking server: {state.tracking_uri} (user {services.ADMIN}; password in {args.dir}/env)")
             print(f"object store:    {state.s3_url} (buckets {', '.join(services.BUCKETS.values())})")
             print(f"to use them:     source {args.dir}/env")

@@ -3,7 +3,7 @@
 Reads data/splits/{train,val}.csv and pretrained.weights; writes features/{train,val}_block4.npy
 (float16 block4_pool activations), features/{train,val}_labels.npy and features/meta.json.
 Training the VGG16 models on these (train.py) gives the same models as running the frozen
-layers every epoch, for a fraction of the compute: on a CPU, VGG16 blocks 1-4 are ~95% of it.
+layers every epoch, for a fraction of the compute: VGG16 blocks 1-4 hold most of its operations.
 Training views: view 0 is the image itself, views 1.. are random augmentations of it (the
 augment section, the same layers the models carry), so augmentation survives the caching.
 """

@@ -104,13 +104,14 @@ class Paths:
 
 
 def up(root: Path = DEFAULT_DIR, host: str | None = None, backend_store_uri: str | None = None,
-       s3_endpoint: str | None = None, timeout: float = 120) -> State:
+       s3_endpoint: str | None = None, ports: dict[str, int] | None = None, timeout: float = 120) -> State:
     """Start whatever is not running (idempotent), wait until each answers, write DIR/env.
 
     `host`: the address to bind (first `up`: 127.0.0.1 unless given; later: the one chosen, unless given).
+    `ports`: {service: port} for any of SERVICES (the others: free ports, chosen once and kept).
     """
     paths = Paths(root)
-    state = load_or_create_state(paths, host, backend_store_uri, s3_endpoint)
+    state = load_or_create_state(paths, host, backend_store_uri, s3_endpoint, ports)
     if state.backend_store_uri is None:
         start_postgres(paths, state, timeout)
     ensure_databases(state)
@@ -170,24 +171,30 @@ def add_user(root: Path, username: str, password: str | None = None) -> str:
 
 
 def load_or_create_state(paths: Paths, host: str | None, backend_store_uri: str | None,
-                         s3_endpoint: str | None) -> State:
+                         s3_endpoint: str | None, ports: dict[str, int] | None = None) -> State:
     paths.root.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.root, 0o755)  # the postgres user must reach DIR/postgres; secrets files are 0600
+    ports = ports or {}
+    unknown = sorted(set(ports) - set(SERVICES))
+    if unknown:
+        raise ServiceError(f"unknown service {unknown[0]!r} in ports (services: {', '.join(SERVICES)})")
     if paths.state.is_file():
         state = read_state(paths)
-        if host is not None and host != state.host:
+        moved = (host is not None and host != state.host) or any(state.ports[k] != v for k, v in ports.items())
+        if moved:
             running = [name for name, where in status(paths.root).items() if where.startswith("running")]
             if running:
                 raise ServiceError(f"the services of {paths.root} run on {state.host} ({', '.join(running)}); "
-                                   f"stop them (catsdogs services down) before moving them to {host}")
-            state.host = host
+                                   "stop them (catsdogs services down) before changing their address or ports")
+            state.host = host or state.host
+            state.ports.update(ports)
     else:
         host = host or "127.0.0.1"
         state = State(host=host, backend_store_uri=backend_store_uri, s3_endpoint=s3_endpoint,
                       pg_password=secrets.token_urlsafe(24), admin_password=secrets.token_urlsafe(24),
                       flask_secret=secrets.token_urlsafe(32))
         names = ["postgres", "s3", "mlflow", *WEED_PORTS]
-        state.ports = dict(zip(names, free_ports(host, len(names)), strict=True))
+        state.ports = {**dict(zip(names, free_ports(host, len(names)), strict=True)), **ports}
         if s3_endpoint:
             state.s3_access_key, state.s3_secret_key = external_s3_keys()
         else:
