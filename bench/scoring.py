@@ -1,6 +1,6 @@
 """Batch scoring throughput: `catsdogs score` on Spark against the other ways to classify many photos.
 
-    python -m bench.scoring WORKSPACE FOLDER [--sample 300] [--master local[2]]
+    python -m bench.scoring WORKSPACE FOLDER [--model URI] [--sample 300] [--master local[2]]
 
 In WORKSPACE (a project after `dvc repro`, its champion registered), over the image files of FOLDER:
 1. `catsdogs score FOLDER` on --master: the whole command (Spark's start included) and the job alone
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -38,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workspace", type=Path)
     parser.add_argument("folder", type=Path)
+    parser.add_argument("--model", default="models:/catsdogs@champion", help="the registered model, for every way")
     parser.add_argument("--sample", type=int, default=300, help="files for the one-at-a-time ways")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--reports", type=Path, default=REPORTS)
@@ -47,11 +49,11 @@ def main() -> None:
     sample = files[:: max(1, len(files) // args.sample)][: args.sample]
     catsdogs = str(Path(sys.executable).parent / "catsdogs")
     result = {
-        "files": len(files), "sample": len(sample), "master": args.master,
-        "score": spark_rate(catsdogs, workspace, folder, args.master, len(files)),
-        "predict": predict_rate(catsdogs, workspace, sample),
-        "served": served_rate(workspace, sample),
-        "ceiling": ceiling_rate(workspace, files),
+        "files": len(files), "sample": len(sample), "master": args.master, "model": args.model,
+        "score": spark_rate(catsdogs, workspace, folder, args.master, len(files), args.model),
+        "predict": predict_rate(catsdogs, workspace, sample, args.model),
+        "served": served_rate(workspace, sample, args.model),
+        "ceiling": ceiling_rate(workspace, files, args.model),
         "machine": machine(), "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(["python -m bench.scoring", *map(shlex.quote, sys.argv[1:])]),
     }
@@ -61,11 +63,11 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
 
-def spark_rate(catsdogs: str, workspace: Path, folder: Path, master: str, count: int) -> dict:
+def spark_rate(catsdogs: str, workspace: Path, folder: Path, master: str, count: int, model: str) -> dict:
     out = Path(tempfile.mkdtemp(prefix="catsdogs-scored-")) / "scored.parquet"
     started = time.perf_counter()
-    done = subprocess.run([catsdogs, "score", str(folder), "--out", str(out), "--master", master], cwd=workspace,
-                          capture_output=True, text=True)
+    done = subprocess.run([catsdogs, "score", str(folder), "--out", str(out), "--master", master, "--model", model],
+                          cwd=workspace, capture_output=True, text=True)
     total = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"catsdogs score failed:\n{done.stderr[-3000:]}")
@@ -76,13 +78,13 @@ def spark_rate(catsdogs: str, workspace: Path, folder: Path, master: str, count:
             "startup_seconds": round(total - job, 1), "output": str(out)}
 
 
-def predict_rate(catsdogs: str, workspace: Path, sample: list[str]) -> dict:
+def predict_rate(catsdogs: str, workspace: Path, sample: list[str], model: str) -> dict:
     """`catsdogs predict` over the sample; the model's load is timed apart on one file."""
     started = time.perf_counter()
-    subprocess.run([catsdogs, "predict", sample[0]], cwd=workspace, capture_output=True, check=True)
+    subprocess.run([catsdogs, "predict", "--model", model, sample[0]], cwd=workspace, capture_output=True, check=True)
     one = time.perf_counter() - started
     started = time.perf_counter()
-    subprocess.run([catsdogs, "predict", *sample], cwd=workspace, capture_output=True, check=True)
+    subprocess.run([catsdogs, "predict", "--model", model, *sample], cwd=workspace, capture_output=True, check=True)
     seconds = time.perf_counter() - started
     per_image = (seconds - one) / (len(sample) - 1)  # the start-up (process, model load) counted once
     return {"seconds": round(seconds, 1), "startup_seconds": round(one - per_image, 1),
@@ -90,11 +92,13 @@ def predict_rate(catsdogs: str, workspace: Path, sample: list[str]) -> dict:
             "with_startup_images_per_second": round(len(sample) / seconds, 2)}
 
 
-def served_rate(workspace: Path, sample: list[str]) -> dict:
+def served_rate(workspace: Path, sample: list[str], model: str) -> dict:
     session = requests.Session()
     bodies = [json.dumps({"dataframe_records": [{"image": base64.b64encode(Path(p).read_bytes()).decode()}]})
               for p in sample]
-    with served_model(workspace) as url:
+    tracking = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_TRACKING_")}  # a server's, if set
+    uri = tracking.pop("MLFLOW_TRACKING_URI", None)
+    with served_model(workspace, model, tracking_uri=uri, extra_env=tracking) as url:
         for body in bodies[:3]:  # warm-up
             session.post(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}, timeout=60)
         started = time.perf_counter()
@@ -107,7 +111,7 @@ def served_rate(workspace: Path, sample: list[str]) -> dict:
     return {"seconds": round(seconds, 1), "errors": errors, "images_per_second": round(len(sample) / seconds, 2)}
 
 
-def ceiling_rate(workspace: Path, files: list[str], batch_size: int = 32) -> dict:
+def ceiling_rate(workspace: Path, files: list[str], model_uri: str, batch_size: int = 32) -> dict:
     """The champion's Keras model on batches of decoded images already in memory (no decoding timed)."""
     code = f"""
 import json, sys, time
@@ -117,7 +121,7 @@ from catsdogs.config import load_params
 from catsdogs.tracking import setup_mlflow
 import catsdogs.layers
 setup_mlflow(load_params().mlflow)
-path = mlflow.artifacts.download_artifacts("models:/catsdogs@champion")
+path = mlflow.artifacts.download_artifacts({model_uri!r})
 model = keras.models.load_model(path + "/artifacts/model.keras")
 size = model.input_shape[1]
 files = json.loads(sys.stdin.read())
@@ -147,8 +151,8 @@ def markdown(r: dict) -> str:
         "# Batch scoring: `catsdogs score` on Spark against the other ways",
         "",
         f"Generated by `{r['command']}` on {r['date']}. Machine: {m['cpu']}, {m['cores']} cores "
-        f"({m['cpu_features']}), {m['memory_gib']} GiB. {r['files']} image files; the one-at-a-time ways "
-        f"ran over a sample of {r['sample']} of them. Spark master: `{r['master']}`.",
+        f"({m['cpu_features']}), {m['memory_gib']} GiB. Model `{r['model']}`. {r['files']} image files; the "
+        f"one-at-a-time ways ran over a sample of {r['sample']} of them. Spark master: `{r['master']}`.",
         "",
         "| way | images/s | notes |",
         "|---|---|---|",
