@@ -8,9 +8,10 @@ The model (default: the champion of the configured tracking store) runs through
 `mlflow.pyfunc.spark_udf` on every executor, the same pyfunc that `mlflow models serve` runs: it loads
 once per executor Python worker and classifies Arrow batches of --batch-size images.
 Output, as Spark writes it (a folder of part files): one row per input file, `path`, `label`,
-`p_<class>`, `error` (null when fine) and `folder_label` (the parent folder's name where it is a class
-name, else null). A corrupt, truncated, non-image or oversized file gets its `error`; the job goes on.
-An unreadable INPUT or an unknown model is one error line before Spark starts.
+`p_<class>`, `error` (null when fine) and `folder_label` (the parent folder's name where it names a
+class, normalised as the training data's labels: `cats/` -> `cat`; else null). A corrupt, truncated,
+non-image or oversized file gets its `error`; the job goes on. An unreadable INPUT or an unknown model
+is one error line before Spark starts.
 Needs the `spark` extra (pyspark) and Java 17+.
 """
 
@@ -205,7 +206,7 @@ def predictions(spark, sources: Inputs, model_uri: str, class_names: list[str]):
         "path", F.lit(None).cast("string").alias("label"),
         *(F.lit(None).cast("double").alias(f"p_{c}") for c in class_names), F.col("read_error").alias("error"))
     rows = scored.select(*columns).unionByName(unreadable)
-    parent = F.element_at(F.split("path", "/"), -2)
+    parent = folder_label(F.element_at(F.split("path", "/"), -2))  # cats/ -> cat, as the training data's
     return rows.withColumn("folder_label", F.when(parent.isin(class_names), parent))
 
 
@@ -256,6 +257,19 @@ def empty_files(sources: Inputs) -> list[str]:
                       if name.rsplit(".", 1)[-1].lower() in IMAGE_SUFFIXES and not name.startswith((".", "_"))
                       and os.path.getsize(os.path.join(parent, name)) == 0]
     return sorted(found)
+
+
+def folder_label(column: Any):
+    """A pandas UDF: a folder name as a label, normalised as the pipeline labels its data (`Cats` -> `cat`)."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("string")  # type: ignore[call-overload]
+    def normalise(names: pd.Series) -> pd.Series:
+        from catsdogs.data import normalise_label
+
+        return names.map(lambda name: None if name is None else normalise_label(name))
+
+    return normalise(column)
 
 
 def read_file(column: Any):
