@@ -48,7 +48,7 @@ def test_mlflow_run_main_runs_the_whole_pipeline(project: Path) -> None:
     # Each model's run is a child of the run that `mlflow run` opened for the entry point.
     parents = {r.data.tags.get("mlflow.parentRunId") for r in runs}
     assert len(parents) == 1 and None not in parents
-    assert client.getrun_checked(parents.pop()).info.status == "FINISHED"
+    assert client.get_run(parents.pop()).info.status == "FINISHED"
     for name in MODEL_NAMES:
         assert (project / "models" / name / "model.keras").is_file()
     again = run_checked(["dvc", "repro"], project)

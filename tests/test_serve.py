@@ -123,7 +123,7 @@ def test_pyfunc_batch_mode_gives_each_bad_image_its_error(pyfunc) -> None:
     assert list(result.columns) == ["label", "p_cat", "p_dog", "error"]
     assert list(result["error"][[0, 3]]) == ["", ""]
     assert result["error"][1] == "not valid base64" and "not an image" in result["error"][2]
-    assert result["label"][1] is None and np.isnan(result["p_dog"][2])
+    assert pd.isna(result["label"][1]) and np.isnan(result["p_dog"][2])
     expected = pyfunc.predict(pd.DataFrame({"image": [good[0], good[1]]}))
     np.testing.assert_allclose(result["p_dog"][[0, 3]], expected["p_dog"], rtol=1e-6)
     many = pyfunc.predict(pd.DataFrame({"image": [good[0]] * 70}), params={"errors": "column"})
