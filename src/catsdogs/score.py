@@ -193,19 +193,17 @@ def predictions(spark, sources: Inputs, model_uri: str, class_names: list[str]):
     from pyspark.sql import functions as F
 
     files = file_frame(spark, sources)
-    readable = files.filter("read_error IS NULL")
     result_type = ", ".join(["label string", *(f"p_{c} double" for c in class_names), "error string"])
     classify = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=f"struct<{result_type}>",
                                        env_manager="local", params={"errors": "column"})
-    scored = readable.withColumn("prediction", classify(F.base64("content").alias("image")))
-    error = F.nullif(F.col("prediction.error"), F.lit(""))  # the pyfunc says "" when an image is fine
-    columns = [F.col("path"), F.when(error.isNull(), F.col("prediction.label")).alias("label"),
-               *(F.when(error.isNull(), F.col(f"prediction.p_{c}")).alias(f"p_{c}") for c in class_names),
-               error.alias("error")]
-    unreadable = files.filter("read_error IS NOT NULL").select(
-        "path", F.lit(None).cast("string").alias("label"),
-        *(F.lit(None).cast("double").alias(f"p_{c}") for c in class_names), F.col("read_error").alias("error"))
-    rows = scored.select(*columns).unionByName(unreadable)
+    # One pass over the files: an unreadable one goes through the model as no bytes (it fails to decode,
+    # cheaply) and keeps its read error, so no input is read twice.
+    image = F.base64(F.coalesce("content", F.lit(b"").cast("binary"))).alias("image")
+    scored = files.withColumn("prediction", classify(image))
+    error = F.coalesce("read_error", F.nullif(F.col("prediction.error"), F.lit("")))  # the pyfunc: "" when fine
+    rows = scored.select(F.col("path"), F.when(error.isNull(), F.col("prediction.label")).alias("label"),
+                         *(F.when(error.isNull(), F.col(f"prediction.p_{c}")).alias(f"p_{c}") for c in class_names),
+                         error.alias("error"))
     parent = folder_label(F.element_at(F.split("path", "/"), -2))  # cats/ -> cat, as the training data's
     return rows.withColumn("folder_label", F.when(parent.isin(class_names), parent))
 
