@@ -73,12 +73,11 @@ def load(name: str) -> dict | None:
 def machine() -> dict:
     import tensorflow as tf
 
+    from catsdogs import cpu_model
     from catsdogs.models import fast_bfloat16
 
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-               platform.processor())
-    flags = cpuinfo.split()
+    cpu = cpu_model()
+    flags = Path("/proc/cpuinfo").read_text().split()
     return {
         "cpu": cpu, "cores": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
         "cpu_features": ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags),

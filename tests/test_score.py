@@ -4,7 +4,6 @@ workers on loopback, started here with Spark's own launcher), against the pyfunc
 from __future__ import annotations
 
 import base64
-import io
 import os
 import shutil
 import signal
@@ -17,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from bench.harness import free_port
 from catsdogs import synthetic
@@ -30,12 +28,6 @@ if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
 import pyspark  # noqa: E402  (a project extra that the test extra installs)
 
 CATSDOGS = str(Path(sys.executable).parent / "catsdogs")
-
-
-def _bomb() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("1", (10_000, 5_000)).save(buffer, "PNG")  # 50 million pixels, over split.max_pixels
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +48,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict:
         good[str(root / "misc" / name)] = None
     photo = synthetic.encode(synthetic.make_photo(rng))
     bad = {"cat/truncated.jpg": photo[: len(photo) // 2], "Dogs/not_an_image.png": b"hello, no pixels here",
-           "misc/empty.gif": b"", "misc/bomb.png": _bomb()}
+           "misc/empty.gif": b"", "misc/bomb.png": synthetic.decompression_bomb()}
     for name, data in bad.items():
         (root / name).write_bytes(data)
     (root / "misc" / "notes.txt").write_text("not an image file name: skipped by the folder search")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import pandas as pd
 import pytest
 import requests
 from mlflow.exceptions import MlflowException
-from PIL import Image
 
 from bench.harness import served_model
 from catsdogs import synthetic
@@ -30,13 +28,6 @@ def _good_files() -> dict[str, bytes]:
             "grey.jpg": odd["grey.jpg"], "palette.gif": odd["palette.gif"]}
 
 
-def _bomb() -> bytes:
-    """A few-KB PNG that claims 50 million pixels (over split.max_pixels = 40 million)."""
-    buffer = io.BytesIO()
-    Image.new("1", (10_000, 5_000)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def _bad_payloads() -> dict[str, tuple[dict, str]]:
     photo = synthetic.encode(synthetic.make_photo(np.random.default_rng(1)))
     return {
@@ -45,7 +36,7 @@ def _bad_payloads() -> dict[str, tuple[dict, str]]:
         "not an image": ({"dataframe_records": [{"image": _b64(b"hello world, no pixels here")}]}, "not an image"),
         "truncated image": ({"dataframe_records": [{"image": _b64(photo[: len(photo) // 2])}]}, "truncated"),
         "empty list": ({"dataframe_split": {"columns": ["image"], "data": []}}, ""),
-        "decompression bomb": ({"dataframe_records": [{"image": _b64(_bomb())}]}, "too large"),
+        "decompression bomb": ({"dataframe_records": [{"image": _b64(synthetic.decompression_bomb())}]}, "too large"),
     }
 
 

@@ -34,13 +34,24 @@ def cpu_has_fast_bfloat16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def describe_machine() -> str:
-    """'<CPU model>, <n> cores' from /proc/cpuinfo (what a result was measured on); the platform elsewhere."""
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo; the platform's processor name elsewhere."""
     import platform
 
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
-        model = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model}, {os.cpu_count()} cores"
+        return platform.processor() or platform.machine()
+
+
+def describe_machine() -> str:
+    """'<CPU model>, <n> cores': what a result was measured on."""
+    return f"{cpu_model()}, {os.cpu_count()} cores"
+
+
+def error_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's first line, at most `limit` characters (or its type's name): one line for the user,
+    where libraries raise pages of context."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return line if len(line) <= limit else line[:limit] + "..."

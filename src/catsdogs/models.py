@@ -78,7 +78,7 @@ def load_vgg16_base(weights: str | None, image_size: int) -> keras.Model:
             weights=weights, include_top=False, input_shape=(image_size, image_size, 3)
         )
     except Exception as err:  # Keras raises several kinds (URL, HTTP, OS, value) for the same failure
-        first_line = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        first_line = catsdogs.error_line(err, limit=200)
         raise WeightsError(f"cannot load VGG16 weights {weights!r} ({first_line}); {VGG16_URL_HINT}") from None
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd  # at module level: Spark resolves the pandas UDF's type hints in this module's globals
 from mlflow.exceptions import MlflowException
 
-from catsdogs import configure_logging
+from catsdogs import configure_logging, error_line
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,7 @@ def resolve_model(model_uri: str | None) -> tuple[str, list[str]]:
                             else "models:/catsdogs@champion")
         info = get_model_info(uri)
     except MlflowException as err:
-        first = (str(err).strip().splitlines() or ["unknown"])[0]
-        raise ScoreError(f"cannot load model {model_uri or 'the champion'}: {first}") from None
+        raise ScoreError(f"cannot load model {model_uri or 'the champion'}: {error_line(err)}") from None
     except TRACKING_ERRORS as err:
         raise ScoreError(tracking_failure(err)) from None
     signature = info.signature
@@ -180,9 +179,8 @@ def start_spark(master: str, conf: dict[str, str], batch_size: int):
     try:
         spark = builder.getOrCreate()
     except Exception as err:  # Py4J and Java start-up errors have no common base class
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ScoreError(f"Spark did not start on {master}: {first} (Spark needs Java 17+ on PATH or JAVA_HOME)") \
-            from None
+        raise ScoreError(f"Spark did not start on {master}: {error_line(err)} (Spark needs Java 17+ on PATH or "
+                         "JAVA_HOME)") from None
     spark.sparkContext.setLogLevel("WARN")
     return spark
 

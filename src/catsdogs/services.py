@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -239,26 +240,18 @@ def write_env(paths: Paths, state: State) -> None:
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     text = "# Written by `catsdogs services up`: source it to use the team services. Holds secrets; never commit.\n"
-    text += "".join(f"export {key}={shell_quote(value)}\n" for key, value in lines.items())
+    text += "".join(f"export {key}={shlex.quote(value)}\n" for key, value in lines.items())
     write_private(paths.env, text)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
     """DIR/env's variables, parsed as the shell reads them (for programs that cannot source it)."""
-    import shlex
-
     values = {}
     for line in path.read_text().splitlines():
         if line.startswith("export "):
             key, _, value = line.removeprefix("export ").partition("=")
             values[key] = shlex.split(value)[0]
     return values
-
-
-def shell_quote(value: str) -> str:
-    import shlex
-
-    return shlex.quote(value)
 
 
 def redact(uri: str) -> str:

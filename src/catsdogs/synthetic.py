@@ -67,6 +67,13 @@ def write_dataset(root: Path, per_class: int = 20, layout: str = "classes", seed
     return paths
 
 
+def decompression_bomb(width: int = 10_000, height: int = 5_000) -> bytes:
+    """A few-KB PNG that claims width x height pixels (default 50 million, over split.max_pixels)."""
+    buffer = io.BytesIO()
+    Image.new("1", (width, height)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def odd_images(rng: np.random.Generator) -> dict[str, bytes]:
     """Valid images in modes and formats a data set may hold: all must be accepted."""
     base = make_image("cat", rng, (64, 48))

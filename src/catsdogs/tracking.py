@@ -16,6 +16,7 @@ import mlflow
 import requests
 from mlflow.exceptions import MlflowException
 
+from catsdogs import error_line
 from catsdogs.config import SPLIT_NAMES, SPLITS_DIR, MlflowParams
 
 
@@ -32,10 +33,7 @@ TRACKING_ERRORS = (MlflowException, requests.RequestException)
 
 def tracking_failure(err: Exception) -> str:
     """One line for the user: which tracking store failed, why (its first line), and what to do."""
-    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    if len(reason) > 300:
-        reason = reason[:300] + "..."
-    return (f"the MLflow tracking store {mlflow.get_tracking_uri()} failed: {reason}; check that it is up "
+    return (f"the MLflow tracking store {mlflow.get_tracking_uri()} failed: {error_line(err)}; check that it is up "
             "(catsdogs services status) and rerun: an interrupted training run resumes where it stopped")
 
 
