@@ -21,6 +21,9 @@ from catsdogs.config import Params, build
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
+# The tests' runs last seconds: MLflow's system metrics sample every second (its default, 10 s, would log none).
+os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+
 
 # Fixtures that build the generated project (split, VGG16 features, four trained and registered models): a
 # test that uses one, directly or through another fixture, is in the slow tier (`make test-fast` skips it).
@@ -140,6 +143,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
         "PATH": bin_dir + os.pathsep + os.environ["PATH"],
         "DVC_NO_ANALYTICS": "1",
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",
         "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
         "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
         **extra,
@@ -174,6 +178,7 @@ def pipeline_project(tmp_path: Path) -> Path:
     params["features"]["views"] = 1
     for settings in params["models"].values():
         settings.update(epochs=1, batch_size=8)
+    params["register"]["min_val_accuracy"] = None  # one epoch on 18 images: the gate compares, no floor
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_checked(["git", "init", "-q"], project)
     run_checked(["dvc", "init", "-q"], project)
@@ -203,7 +208,8 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     raw = params_dict(**{"image_size": SIZE, "pretrained.weights": "vgg.weights.h5", "pretrained.input_size": None,
                          "features.views": 2,
                          "split.train": 0.5, "split.val": 0.25, "split.test": 0.25,
-                         "mlflow.tracking_uri": f"sqlite:///{root}/mlflow.db"})
+                         "mlflow.tracking_uri": f"sqlite:///{root}/mlflow.db",
+                         "register.min_val_accuracy": None})  # one epoch on 24 images: no floor
     for settings in raw["models"].values():
         settings.update(epochs=1, batch_size=8)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -30,43 +30,99 @@ def registered(champion: dict, tiny_project: Path) -> list[dict]:
         return [champion, register_model(params, MODELS_DIR / "fine_tuning", EVALUATION_DIR / "fine_tuning")]
 
 
-def test_alias_moves_only_on_a_better_validation_metric(registered: list[dict], in_project: Path) -> None:
+def test_the_same_model_again_is_registered_but_refused(registered: list[dict], in_project: Path) -> None:
+    """A tie is not an improvement: the second version stays registered, tagged with the gate's reason."""
     first, second = registered
     assert first["promoted"] and first["alias_version"] == first["version"]
     assert not second["promoted"] and second["alias_version"] == first["version"]
+    assert second["val_accuracy"] == first["val_accuracy"]  # the same model on the same validation split
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias("catsdogs", "champion").version) == first["version"]
-    assert client.get_model_version("catsdogs", second["version"]).aliases == []
+    version = client.get_model_version("catsdogs", second["version"])
+    assert version.aliases == [] and version.tags["gate"] == "refused"
+    assert "val_accuracy minimum absolute change check failed" in version.tags["gate_reason"]
+    assert client.get_model_version("catsdogs", first["version"]).tags["gate"] == "promoted"
 
 
-def test_a_better_challenger_takes_the_alias(trained: dict, in_project: Path, tmp_path: Path) -> None:
-    """Under a registered name of its own, from copies of the model's files: the session's champion and the
-    project's files, which later tests serve, stay as they were."""
+def _constant_model(source: Path, dest: Path, p_dog: float) -> Path:
+    """A copy of the trained model's files whose output is p_dog for every image (zero weights, a chosen bias)."""
+    shutil.copytree(source, dest)
+    model = keras.models.load_model(dest / "model.keras")
+    kernel, _ = model.get_layer("p_dog").get_weights()
+    model.get_layer("p_dog").set_weights([np.zeros_like(kernel), np.array([np.log(p_dog / (1 - p_dog))])])
+    model.save(dest / "model.keras")
+    return dest
+
+
+def test_the_gate_knows_a_loss_is_better_lower(champion: dict, in_project: Path, tmp_path: Path) -> None:
+    """register.metric val_loss: a sure-of-itself constant model (p = 0.99) loses to an unsure one (p = 0.5):
+    the same answers, so the same accuracy, but a lower log loss. Under a registered name of its own, from
+    copies of the model's files: the session's champion and the project's files stay as they were."""
     params = load_params()
-    params = dataclasses.replace(params, register=dataclasses.replace(params.register, name="catsdogs-challenger"))
-    model_dir = tmp_path / "fine_tuning"
-    shutil.copytree(MODELS_DIR / "fine_tuning", model_dir)
+    rule = dataclasses.replace(params.register, name="catsdogs-gate", metric="val_loss")
+    params = dataclasses.replace(params, register=rule)
+    sure = _constant_model(MODELS_DIR / "fine_tuning", tmp_path / "sure" / "fine_tuning", 0.99)
+    unsure = _constant_model(MODELS_DIR / "fine_tuning", tmp_path / "unsure" / "fine_tuning", 0.5)
     project_files = {path: path.read_bytes() for path in (MODELS_DIR / "fine_tuning").iterdir()}
     champion_before = mlflow.MlflowClient().get_model_version_by_alias("catsdogs", "champion").version
 
-    first = register_model(params, model_dir, EVALUATION_DIR / "fine_tuning")
-    better = {**json.loads((model_dir / "metrics.json").read_text())}
-    better["val_accuracy"] += 0.01
-    (model_dir / "metrics.json").write_text(json.dumps(better))
-    second = register_model(params, model_dir, EVALUATION_DIR / "fine_tuning")
+    results = [register_model(params, model_dir, EVALUATION_DIR / "fine_tuning") for model_dir in (sure, unsure, sure)]
 
+    assert [r["promoted"] for r in results] == [True, True, False]
+    assert results[1]["val_loss"] == pytest.approx(np.log(2), abs=1e-3)
+    assert results[0]["val_loss"] > 2 * np.log(2)  # half the answers at p = 0.01
     client = mlflow.MlflowClient()
-    assert first["promoted"] and second["promoted"] and second["version"] != first["version"]
-    assert str(client.get_model_version_by_alias("catsdogs-challenger", "champion").version) == second["version"]
+    assert str(client.get_model_version_by_alias("catsdogs-gate", "champion").version) == results[1]["version"]
+    refused = client.get_model_version("catsdogs-gate", results[2]["version"])
+    assert refused.tags["gate"] == "refused" and "val_loss minimum absolute change" in refused.tags["gate_reason"]
     assert client.get_model_version_by_alias("catsdogs", "champion").version == champion_before
     assert {path: path.read_bytes() for path in (MODELS_DIR / "fine_tuning").iterdir()} == project_files
+
+
+def test_a_version_below_the_floor_never_takes_the_alias(trained: dict, in_project: Path, tmp_path: Path) -> None:
+    params = load_params()
+    rule = dataclasses.replace(params.register, name="catsdogs-floor", min_val_accuracy=0.99)
+    params = dataclasses.replace(params, register=rule)
+    constant = _constant_model(MODELS_DIR / "fine_tuning", tmp_path / "constant" / "fine_tuning", 0.7)
+    result = register_model(params, constant, EVALUATION_DIR / "fine_tuning")
+    assert not result["promoted"] and result["alias_version"] is None
+    client = mlflow.MlflowClient()
+    version = client.get_model_version("catsdogs-floor", result["version"])
+    assert version.tags["gate"] == "refused" and "val_accuracy threshold = 0.99" in version.tags["gate_reason"]
+    assert not client.get_registered_model("catsdogs-floor").aliases
+
+
+def test_the_gate_runs_are_mlflow_evaluations_nested_under_the_training_run(registered: list[dict],
+                                                                           in_project: Path) -> None:
+    client = mlflow.MlflowClient()
+    run_id = registered[1]["run_id"]
+    experiment = client.get_run(run_id).info.experiment_id
+    gates = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{run_id}'")
+    second = registered[1]["version"]
+    names = {run.info.run_name for run in gates}
+    assert {f"gate: catsdogs v{second}", f"gate: catsdogs@champion v{registered[0]['version']}"} <= names
+    gate = next(run for run in gates if run.info.run_name == f"gate: catsdogs v{second}")
+    assert gate.data.metrics["val_accuracy"] == pytest.approx(registered[1]["val_accuracy"])
+    assert "accuracy_score" in gate.data.metrics and "val_loss" in gate.data.metrics
+    assert any(item.dataset.name == "val" for item in gate.inputs.dataset_inputs)
+    assert "confusion_matrix.png" in {a.path for a in client.list_artifacts(gate.info.run_id)}
+
+
+def test_the_registered_model_and_its_versions_describe_themselves(registered: list[dict], in_project: Path) -> None:
+    client = mlflow.MlflowClient()
+    model = client.get_registered_model("catsdogs")
+    assert "base64" in model.description and "validation gate" in model.description
+    assert model.tags["classes"] == "cat,dog" and model.tags["gate_metric"] == "val_accuracy"
+    version = client.get_model_version("catsdogs", registered[0]["version"])
+    for key in ("val_accuracy", "val_loss", "test_accuracy", "test_log_loss"):
+        assert len(version.tags[key].split(".")[-1]) <= 4, f"{key}={version.tags[key]} is not rounded"
 
 
 def test_version_carries_metrics_data_hash_and_commit(registered: list[dict], in_project: Path) -> None:
     version = mlflow.MlflowClient().get_model_version("catsdogs", registered[0]["version"])
     test_metrics = json.loads((EVALUATION_DIR / "fine_tuning" / "metrics.json").read_text())
-    assert float(version.tags["test_accuracy"]) == pytest.approx(test_metrics["accuracy"])
-    assert float(version.tags["val_accuracy"]) == pytest.approx(registered[0]["val_accuracy"])
+    assert float(version.tags["test_accuracy"]) == pytest.approx(test_metrics["accuracy"], abs=1e-4)
+    assert float(version.tags["val_accuracy"]) == pytest.approx(registered[0]["val_accuracy"], abs=1e-4)
     assert len(version.tags["data_hash"]) == 64 and version.tags["git_commit"]
     assert version.run_id == json.loads((MODELS_DIR / "fine_tuning" / "run.json").read_text())["run_id"]
     assert "test accuracy" in version.description

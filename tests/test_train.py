@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from catsdogs.config import BACKUP_DIR, FEATURES_DIR, MODEL_NAMES, MODELS_DIR, load_params
+from catsdogs.config import BACKUP_DIR, FEATURES_DIR, MODEL_NAMES, MODELS_DIR, SPLITS_DIR, load_params
 from catsdogs.data import MissingInputError
 from catsdogs.features import compute_features
 from catsdogs.models import build_scratch_cnn
@@ -52,7 +52,6 @@ def test_features_run_in_the_training_precision(in_project: Path, tmp_path: Path
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_each_model_trains_and_logs_one_run(trained: dict, in_project: Path, name: str) -> None:
-    params = load_params()
     metrics = trained[name]
     out = MODELS_DIR / name
     assert {p.name for p in out.iterdir()} >= {"model.keras", "history.csv", "metrics.json", "run.json"}
@@ -66,10 +65,11 @@ def test_each_model_trains_and_logs_one_run(trained: dict, in_project: Path, nam
     assert run.info.status == "FINISHED" and run.data.tags["mlflow.runName"] == name
     assert run.data.tags["dvc_stage"] == f"train_{name}" and len(run.data.tags["data_hash"]) == 64
     assert "git_commit" in run.data.tags
+    assert run.data.tags["pipeline"].startswith("manual ")  # trained outside DVC
     assert run.data.params["model"] == name and run.data.params["image_size"] == str(SIZE)
-    assert run.data.params[f"models.{name}.learning_rate"] == str(params.models[name].learning_rate)
     for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert len(client.get_metric_history(run.info.run_id, metric)) == 1, metric
+    assert not {"validation_loss", "validation_accuracy"} & set(run.data.metrics), "one name per quantity"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "learning_curves.png" in artifacts
 
@@ -79,6 +79,45 @@ def test_each_model_trains_and_logs_one_run(trained: dict, in_project: Path, nam
     expected = saved.predict(pixels, verbose=0)
     np.testing.assert_allclose(logged.predict(pixels, verbose=0), expected, rtol=1e-5, atol=1e-6)
     assert saved.input_shape == (None, SIZE, SIZE, 3)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_a_run_logs_its_own_settings_under_plain_names(trained: dict, in_project: Path, name: str) -> None:
+    """Comparable across runs: the model's own section as epochs, learning_rate, ...; no other model's section."""
+    params = load_params()
+    run = mlflow.MlflowClient().get_run(json.loads((MODELS_DIR / name / "run.json").read_text())["run_id"])
+    logged = run.data.params
+    settings = params.models[name]
+    for key in ("epochs", "learning_rate", "optimizer", "batch_size", "dropout", "augment", "init_from", "schedule"):
+        assert logged[key] == str(getattr(settings, key)), key
+    assert not [key for key in logged if key.startswith("models.")], "other models' sections are not logged"
+    assert logged["train.seed"] == str(params.train.seed) and logged["train.precision"] == params.train.precision
+    assert logged["precision"] in ("float32", "mixed_bfloat16", "mixed_float16")  # what `auto` resolved to
+    vgg16 = name in ("feature_extraction", "fine_tuning")
+    assert ("pretrained.weights" in logged) == vgg16 and ("features.views" in logged) == vgg16
+    assert ("cnn.initializer" in logged) == (not vgg16)
+    assert ("augment.rotation_degrees" in logged) == settings.augment
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_a_run_logs_its_datasets_and_system_metrics(trained: dict, in_project: Path, name: str) -> None:
+    from catsdogs.tracking import data_hash
+
+    run = mlflow.MlflowClient().get_run(json.loads((MODELS_DIR / name / "run.json").read_text())["run_id"])
+    inputs = {tag.value: item.dataset for item in run.inputs.dataset_inputs for tag in item.tags
+              if tag.key == "mlflow.data.context"}
+    assert {"training", "validation"} <= set(inputs)
+    assert inputs["training"].name == "train" and inputs["validation"].name == "val"
+    assert inputs["training"].digest == data_hash()[:32]
+    assert load_params().data.url in json.loads(inputs["training"].source).values()
+    train_rows = len((SPLITS_DIR / "train.csv").read_text().splitlines()) - 1
+    assert json.loads(inputs["training"].profile)["num_rows"] == train_rows
+    assert any(key.startswith("system/cpu_utilization_percentage") for key in run.data.metrics), run.data.metrics
+
+
+def test_the_experiment_is_a_model_training_experiment(trained: dict, in_project: Path) -> None:
+    experiment = mlflow.MlflowClient().get_experiment_by_name(load_params().mlflow.experiment)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_fine_tuning_starts_from_the_feature_extraction_head(trained: dict, in_project: Path) -> None:

@@ -34,6 +34,8 @@ INITIALIZERS = ("he_uniform", "glorot_uniform")
 INIT_SOURCES = {"augmented": ("scratch",), "fine_tuning": ("feature_extraction",)}
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 FILL_MODES = ("nearest", "reflect", "constant", "wrap")
+# The validation metrics the register gate can compare on, and whether a greater value is better.
+GATE_METRICS = {"val_accuracy": True, "val_loss": False}
 
 
 class ConfigError(ValueError):
@@ -200,16 +202,28 @@ class MlflowParams:
 
 @dataclass(frozen=True)
 class RegisterParams:
-    """Which model is registered, under what name, and the rule that moves the alias (data, not code)."""
+    """Which model is registered, under what name, and the validation gate that moves the alias (data, not code).
+
+    The gate scores the candidate and the alias's holder on the current validation split: selection never
+    sees test data. The candidate must clear the floors and beat the holder on `metric` by `min_delta`.
+    """
 
     model: str  # one of MODEL_NAMES
     name: str  # registered model name
-    alias: str  # moved to a new version only when it beats the current holder on `metric`
-    metric: str  # a validation metric from models/<model>/metrics.json: selection never sees test data
+    alias: str  # moved to a new version only when it passes the gate
+    metric: str  # one of GATE_METRICS
+    min_delta: float  # the least improvement on `metric` over the holder (> 0)
+    min_val_accuracy: float | None  # floor on validation accuracy; None: none
+    max_val_loss: float | None  # ceiling on validation log loss; None: none
 
     def __post_init__(self) -> None:
         _one_of("register.model", self.model, MODEL_NAMES)
-        _require(self.metric.startswith("val_"), "register.metric must be a validation metric (val_...)")
+        _one_of("register.metric", self.metric, tuple(GATE_METRICS))
+        _require(self.min_delta > 0, f"register.min_delta must be > 0, got {self.min_delta}")
+        _require(self.min_val_accuracy is None or 0 <= self.min_val_accuracy <= 1,
+                 f"register.min_val_accuracy must be in [0, 1] or null, got {self.min_val_accuracy}")
+        _require(self.max_val_loss is None or self.max_val_loss > 0,
+                 f"register.max_val_loss must be > 0 or null, got {self.max_val_loss}")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from catsdogs.config import (
 from catsdogs.data import LabelledImage, MissingInputError, batched, image_dataset, manifest_path, read_manifest
 from catsdogs.images import read_rgb
 from catsdogs.layers import RandomAffine, VGG16Preprocess  # noqa: F401  (custom layers of the saved models)
-from catsdogs.tracking import TRACKING_ERRORS, mlflow, setup_mlflow, tracking_failure
+from catsdogs.tracking import TRACKING_ERRORS, log_splits, mlflow, setup_mlflow, tracking_failure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -82,7 +82,8 @@ def evaluate_model(params: Params, model_dir: Path, out_dir: Path) -> dict:
     for filename, figure in figures.items():
         figure.savefig(out_dir / filename, dpi=100)
 
-    with mlflow.start_run(run_id=run["run_id"]):
+    with mlflow.start_run(run_id=run["run_id"], log_system_metrics=True):
+        log_splits(("test",), params.data.url)
         mlflow.log_metrics({f"test_{k}": v for k, v in scores.items() if isinstance(v, float)})
         mlflow.log_dict(scores, "evaluation/test_metrics.json")
         for filename, figure in figures.items():

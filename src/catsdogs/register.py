@@ -1,11 +1,14 @@
-"""Stage `register`: registers the fine-tuned model as an image-taking pyfunc and moves the alias on merit.
+"""Stage `register`: registers the fine-tuned model as an image-taking pyfunc; a validation gate moves the alias.
 
-Reads models/<register.model>/{model.keras,run.json,metrics.json} and evaluation/<register.model>/
-metrics.json. Logs the pyfunc (catsdogs.serve.ImageClassifier wrapping the .keras file) into the
-model's training run, registers it as register.name, and tags the version with its validation and
-test metrics, data hash and git commit. The alias (register.alias, "champion") moves to the new
-version only when it beats the current holder on register.metric, a validation metric: selection
-never looks at test data. Writes models/registered.json.
+Reads models/<register.model>/{model.keras,run.json,metrics.json}, evaluation/<register.model>/
+metrics.json and data/splits/val.csv. Logs the pyfunc (catsdogs.serve.ImageClassifier wrapping the
+.keras file) into the model's training run and registers it as register.name: every run gets a version.
+The validation gate then scores that version, and the alias's holder, on the current validation
+split with MLflow's model evaluation (one nested run each, under the training run) and checks
+them with mlflow.validate_evaluation_results: the alias (register.alias) moves only when the new
+version clears the floors and beats the holder on register.metric by register.min_delta. Test data
+never chooses a model. A refused version stays registered, tagged with the verdict and its reason.
+Writes models/registered.json.
 """
 
 from __future__ import annotations
@@ -14,18 +17,40 @@ import base64
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.models import MetricThreshold, make_metric
+from mlflow.models.evaluation import EvaluationResult
+from mlflow.models.evaluation.validation import ModelValidationFailedException
+from sklearn import metrics as skm
 
 import catsdogs
 from catsdogs import configure_logging, synthetic
-from catsdogs.config import EVALUATION_DIR, MODELS_DIR, ConfigError, Params, load_params
-from catsdogs.data import MissingInputError
+from catsdogs.config import (
+    EVALUATION_DIR,
+    GATE_METRICS,
+    MODELS_DIR,
+    SPLITS_DIR,
+    ConfigError,
+    Params,
+    RegisterParams,
+    load_params,
+)
+from catsdogs.data import MissingInputError, manifest_path, read_manifest
 from catsdogs.serve import COLUMN, ImageClassifier, signature
-from catsdogs.tracking import TRACKING_ERRORS, mlflow, model_requirements, setup_mlflow, tracking_failure
+from catsdogs.tracking import (
+    TRACKING_ERRORS,
+    as_dataset,
+    data_hash,
+    mlflow,
+    model_requirements,
+    setup_mlflow,
+    tracking_failure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +70,30 @@ def main() -> None:
     REGISTERED_FILE.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def register_model(params: Params, model_dir: Path, evaluation_dir: Path) -> dict:
+def register_model(params: Params, model_dir: Path, evaluation_dir: Path, splits_dir: Path = SPLITS_DIR) -> dict:
     rule = params.register
-    run, validation, test = read_inputs(model_dir, evaluation_dir, rule.metric)
+    run, validation, test = read_inputs(model_dir, evaluation_dir)
     info, training_tags = log_classifier(params, model_dir / "model.keras", run)
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
-    tag_version(client, rule.name, version, model_dir.name, rule.metric, validation, test, training_tags)
-    promoted, alias_version = promote(client, rule.name, rule.alias, rule.metric, version, validation[rule.metric])
+    describe_registered_model(client, rule, run["class_names"])
+    holder = current_holder(client, rule.name, rule.alias)
+    verdict = validation_gate(params, run, version, holder, splits_dir)
+    tag_version(client, rule.name, version, model_dir.name, validation, test, training_tags, verdict)
+    if verdict.passed:
+        client.set_registered_model_alias(rule.name, rule.alias, version)
+    alias_version = version if verdict.passed else str(holder.version) if holder is not None else None
+    log.info("registered %s version %s; %s %s: %s", rule.name, version, rule.alias,
+             f"moved to {version}" if verdict.passed else f"stays on {alias_version}", verdict.reason)
     return {
         "name": rule.name, "version": version, "run_id": run["run_id"], "model_uri": info.model_uri,
-        rule.metric: validation[rule.metric], "alias": rule.alias, "promoted": promoted,
-        "alias_version": alias_version,
+        rule.metric: verdict.candidate.get(rule.metric), "alias": rule.alias, "promoted": verdict.passed,
+        "alias_version": alias_version, "reason": verdict.reason,
+        "holder_" + rule.metric: verdict.holder.get(rule.metric) if verdict.holder else None,
     }
 
 
-def read_inputs(model_dir: Path, evaluation_dir: Path, metric: str) -> tuple[dict, dict, dict]:
+def read_inputs(model_dir: Path, evaluation_dir: Path) -> tuple[dict, dict, dict]:
     """(run.json, validation metrics, test metrics) of the model to register."""
     inputs = {
         "run": model_dir / "run.json", "validation": model_dir / "metrics.json",
@@ -70,8 +103,6 @@ def read_inputs(model_dir: Path, evaluation_dir: Path, metric: str) -> tuple[dic
         if not path.is_file():
             raise MissingInputError(f"{path} is missing; run: dvc repro evaluate@{model_dir.name}")
     run, validation, test = (json.loads(inputs[key].read_text()) for key in ("run", "validation", "test"))
-    if metric not in validation:
-        raise ConfigError(f"register.metric={metric!r} is not in {inputs['validation']}: {', '.join(validation)}")
     return run, validation, test
 
 
@@ -92,12 +123,127 @@ def log_classifier(params: Params, keras_file: Path, run: dict):
         return info, active.data.tags
 
 
-def tag_version(client: mlflow.MlflowClient, name: str, version: str, source_model: str, metric: str,
-                validation: dict, test: dict, training_tags: dict) -> None:
-    """The version's tags (its validation and test metrics, data hash, commit) and a one-line description."""
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's answer: whether the alias moves, why, and the metrics it compared (validation split)."""
+
+    passed: bool
+    reason: str
+    candidate: dict[str, float]
+    holder: dict[str, float] | None
+
+
+def validation_gate(params: Params, run: dict, version: str, holder, splits_dir: Path) -> Verdict:
+    """Score the new version and the alias's holder on the current validation split; check the thresholds."""
+    rule = params.register
+    candidate = gate_evaluation(params, f"models:/{rule.name}/{version}", f"gate: {rule.name} v{version}", run,
+                                splits_dir)
+    baseline = None
+    if holder is not None:
+        baseline = gate_evaluation(params, f"models:/{rule.name}/{holder.version}",
+                                   f"gate: {rule.name}@{rule.alias} v{holder.version}", run, splits_dir)
+    thresholds = gate_thresholds(rule, compare=baseline is not None)
+    held = _rounded(baseline) if baseline is not None else None
+    try:
+        mlflow.validate_evaluation_results(thresholds, candidate, baseline)
+    except ModelValidationFailedException as err:
+        return Verdict(False, str(err.message).strip(), _rounded(candidate), held)
+    reason = (f"{rule.metric} {candidate.metrics[rule.metric]:.4f} beats {rule.alias} version {holder.version}'s "
+              f"{baseline.metrics[rule.metric]:.4f} by at least {rule.min_delta}"
+              if baseline is not None and holder is not None else f"no {rule.alias} yet; floors cleared")
+    return Verdict(True, reason, _rounded(candidate), held)
+
+
+def gate_thresholds(rule: RegisterParams, compare: bool) -> dict[str, MetricThreshold]:
+    """MLflow thresholds for the gate: the floors from params, and the least improvement over the holder."""
+    thresholds = {}
+    floors = {"val_accuracy": rule.min_val_accuracy, "val_loss": rule.max_val_loss}
+    for metric, greater_is_better in GATE_METRICS.items():
+        change = rule.min_delta if compare and metric == rule.metric else None
+        if floors[metric] is not None or change is not None:
+            thresholds[metric] = MetricThreshold(threshold=floors[metric], min_absolute_change=change,
+                                                 greater_is_better=greater_is_better)
+    return thresholds
+
+
+def _accuracy(predictions: pd.Series, targets: pd.Series) -> float:
+    return float(np.mean(predictions.to_numpy() == targets.to_numpy()))
+
+
+def _log_loss(predictions: pd.Series, targets: pd.Series, positive: pd.Series, p_positive: pd.Series) -> float:
+    return float(skm.log_loss(targets == positive, p_positive.astype(float), labels=[False, True]))
+
+
+# The gate's own metrics, under the names training logs (Keras's val_loss is this log loss).
+GATE_EVALUATION_METRICS = [
+    make_metric(eval_fn=_accuracy, greater_is_better=GATE_METRICS["val_accuracy"], name="val_accuracy"),
+    make_metric(eval_fn=_log_loss, greater_is_better=GATE_METRICS["val_loss"], name="val_loss"),
+]
+
+
+def gate_evaluation(params: Params, model_uri: str, run_name: str, run: dict, splits_dir: Path) -> EvaluationResult:
+    """A registered version's predictions on the validation split, evaluated by MLflow in a nested run under the
+    candidate's training run (metrics, confusion matrix, the validation set as its dataset)."""
+    images = read_manifest(manifest_path("val", splits_dir))
+    negative, positive = run["class_names"]
+    model = mlflow.pyfunc.load_model(model_uri)
+    encoded = [base64.b64encode(image.path.read_bytes()).decode() for image in images]
+    output = model.predict(pd.DataFrame({COLUMN: encoded}), params={"errors": "column"})
+    failed = output["error"] != ""
+    if failed.any():
+        index = int(np.argmax(failed.to_numpy()))
+        raise MissingInputError(f"{images[index].path}: {output['error'].iloc[index]} (validation image)")
+    frame = pd.DataFrame({
+        "path": [image.path.as_posix() for image in images],
+        "label": [image.label for image in images],
+        "predicted": output["label"].astype(str),
+        "p_positive": output[f"p_{positive}"].astype(float),
+        "positive": positive,
+    })
+    dataset = as_dataset(frame, "val", params.data.url, data_hash(splits_dir), targets="label",
+                         predictions="predicted")
+    with mlflow.start_run(run_name=run_name, nested=True,
+                          tags={"mlflow.parentRunId": run["run_id"], "gate_model": model_uri}):
+        return mlflow.models.evaluate(
+            data=dataset, model_type="classifier", feature_names=["path", "p_positive", "positive"],
+            evaluator_config={"pos_label": positive, "log_model_explainability": False},
+            extra_metrics=GATE_EVALUATION_METRICS,
+        )
+
+
+def _rounded(result: EvaluationResult) -> dict[str, float]:
+    return {metric: round(float(result.metrics[metric]), 4) for metric in GATE_METRICS}
+
+
+def describe_registered_model(client: mlflow.MlflowClient, rule: RegisterParams, class_names: list[str]) -> None:
+    """What the registered model is, for whoever finds it in the registry (not only its versions)."""
+    client.update_registered_model(rule.name, description=(
+        f"Classifies a photo as {' or '.join(class_names)}: the catsdogs pipeline's `{rule.model}` model, one "
+        f"version per `register` stage run. Input: a column `{COLUMN}` of base64-encoded image files (JPEG, PNG, "
+        f"...); output: `label` and `p_<class>` for each class. The `{rule.alias}` alias moves only to a "
+        f"version that passes the validation gate on {rule.metric} (each version's tags say why). "
+        f"Serve: mlflow models serve -m models:/{rule.name}@{rule.alias} --env-manager local"
+    ))
     tags = {
-        metric: validation[metric],
-        **{f"test_{k}": v for k, v in test.items() if isinstance(v, float)},
+        "task": "binary image classification", "classes": ",".join(class_names), "source_model": rule.model,
+        "input": f"base64 image files (column {COLUMN})", "gate_metric": rule.metric,
+        "gate_min_delta": rule.min_delta, "gate_min_val_accuracy": rule.min_val_accuracy,
+        "gate_max_val_loss": rule.max_val_loss,
+    }
+    for key, value in tags.items():
+        client.set_registered_model_tag(rule.name, key, "none" if value is None else str(value))
+
+
+def tag_version(client: mlflow.MlflowClient, name: str, version: str, source_model: str, validation: dict,
+                test: dict, training_tags: dict, verdict: Verdict) -> None:
+    """The version's tags (the gate's verdict and reason, its metrics rounded, data hash, commit) and a one-line
+    description."""
+    tags = {
+        "gate": "promoted" if verdict.passed else "refused",
+        "gate_reason": verdict.reason,
+        **verdict.candidate,
+        **{f"{key}_at_training": round(float(validation[key]), 4) for key in GATE_METRICS if key in validation},
+        **{f"test_{k}": round(v, 4) for k, v in test.items() if isinstance(v, float)},
         "source_model": source_model,
         "data_hash": training_tags.get("data_hash", "unknown"),
         "git_commit": training_tags.get("git_commit", "unknown"),
@@ -107,24 +253,12 @@ def tag_version(client: mlflow.MlflowClient, name: str, version: str, source_mod
     client.update_model_version(
         name, version,
         description=(
-            f"{source_model}: {metric} {validation[metric]:.4f}, test accuracy {test['accuracy']:.4f} "
-            f"on {test['images']} held-out images; data {tags['data_hash'][:12]}, "
-            f"commit {tags['git_commit'][:12]}. Input: base64 image files; output: label and p_<class>."
+            f"{source_model}: validation accuracy {verdict.candidate['val_accuracy']:.4f}, test accuracy "
+            f"{test['accuracy']:.4f} on {test['images']} held-out images; gate: {tags['gate']}. Data "
+            f"{tags['data_hash'][:12]}, commit {tags['git_commit'][:12]}. Input: base64 image files; output: label "
+            f"and p_<class>."
         ),
     )
-
-
-def promote(client: mlflow.MlflowClient, name: str, alias: str, metric: str, version: str,
-            value: float) -> tuple[bool, str]:
-    """Move `alias` to `version` when it beats the current holder on `metric`; (promoted, the alias's version)."""
-    holder = current_holder(client, name, alias)
-    held = float(holder.tags[metric]) if holder is not None and metric in holder.tags else None
-    promoted = held is None or float(value) > held
-    if promoted:
-        client.set_registered_model_alias(name, alias, version)
-    log.info("registered %s version %s (%s %.4f); %s %s", name, version, metric, value, alias,
-             f"moved to {version}" if promoted else f"stays on {holder.version} ({held:.4f})")
-    return promoted, version if promoted else str(holder.version)
 
 
 def current_holder(client, name: str, alias: str):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import keras
 import numpy as np
+from mlflow.keras import MlflowCallback
 
 from catsdogs import configure_logging, describe_machine
 from catsdogs.augment import build_augmentation
@@ -61,6 +62,7 @@ from catsdogs.models import (
 )
 from catsdogs.tracking import (
     TRACKING_ERRORS,
+    log_splits,
     mlflow,
     model_requirements,
     run_tags,
@@ -98,14 +100,15 @@ def train_model(name: str, params: Params, out_dir: Path, backup_dir: Path) -> d
     parent_run_id = setup_mlflow(params.mlflow)
     resumed = resumable_run(backup_dir, flatten(params))
     started = time.perf_counter()
-    with mlflow.start_run(run_id=resumed, run_name=name, tags=run_tags(f"train_{name}", parent_run_id)) as run:
+    with mlflow.start_run(run_id=resumed, run_name=name, tags=run_tags(f"train_{name}", parent_run_id),
+                          log_system_metrics=True) as run:
         (backup_dir / "run_id").write_text(run.info.run_id)
         job = RECIPES[name](params, params.models[name])
         trainable, frozen = count_params(job.model)
         if resumed is None:
-            mlflow.log_params({**flatten(params), "model": name, "precision": precision,
-                               "class_names": ",".join(job.class_names)})
+            mlflow.log_params({**run_params(name, params, precision), "class_names": ",".join(job.class_names)})
             mlflow.log_metrics({"trainable_params": trainable, "non_trainable_params": frozen})
+            log_splits(("train", "val"), params.data.url)
         else:
             log.info("resuming run %s from %s", resumed, backup_dir)
         history = fit(job.trained_part, job.train_data, job.val_data, params.models[name], backup_dir)
@@ -128,6 +131,20 @@ def train_model(name: str, params: Params, out_dir: Path, backup_dir: Path) -> d
     log.info("%s: val_accuracy %.4f after %d epochs (best %d), %.0fs, run %s", name, metrics["val_accuracy"],
              metrics["epochs"], metrics["best_epoch"], metrics["train_seconds"], run.info.run_id)
     return metrics
+
+
+def run_params(name: str, params: Params, precision: str) -> dict[str, Any]:
+    """The settings that shaped this model, under the names every run uses: its own models.<name> section as
+    plain keys (epochs, learning_rate, ...), the model's name and the precision `train.precision` resolved
+    to, then the shared sections it read (dotted, as in params.yaml). Not the other models' sections."""
+    settings = params.models[name]
+    sections = ["image_size", "train"]
+    sections += ["split.max_pixels", "cnn"] if RECIPES[name] is cnn_job else ["pretrained", "features"]
+    if settings.augment:
+        sections.append("augment")
+    shared = {key: value for key, value in flatten(params).items()
+              if any(key == section or key.startswith(f"{section}.") for section in sections)}
+    return {**flatten(settings), "model": name, "precision": precision, **shared}
 
 
 def resumable_run(backup_dir: Path, flat_params: dict) -> str | None:
@@ -295,7 +312,7 @@ def fit(model: keras.Model, train_data, val_data, settings: ModelParams, backup_
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.BackupAndRestore(str(backup_dir / "keras")),
         keras.callbacks.CSVLogger(str(backup_dir / "history.csv"), append=True),
-        mlflow.keras.MlflowCallback(),
+        EpochMetrics(),
     ]
     if settings.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
@@ -314,6 +331,14 @@ def fit(model: keras.Model, train_data, val_data, settings: ModelParams, backup_
         verbose=2,
     )
     return read_history(backup_dir / "history.csv")
+
+
+class EpochMetrics(MlflowCallback):
+    """MLflow's Keras callback (per-epoch metrics, optimizer params, model summary) without its end-of-validation
+    copies: val_accuracy and val_loss are logged once per epoch, not also as validation_accuracy/_loss."""
+
+    def on_test_end(self, logs=None) -> None:
+        pass
 
 
 def plot_history(history: dict[str, list], name: str):
