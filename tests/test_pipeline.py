@@ -42,14 +42,29 @@ def test_mlflow_run_main_runs_the_whole_pipeline(project: Path) -> None:
     assert (project / "dvc.lock").is_file()
     client = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db")
     experiment = client.get_experiment_by_name("catsdogs")
-    runs = client.search_runs([experiment.experiment_id])
+    runs = client.search_runs([experiment.experiment_id], "tags.dvc_stage LIKE 'train_%'")
     assert sorted(r.data.tags["mlflow.runName"] for r in runs) == sorted(MODEL_NAMES)
     assert all(r.info.status == "FINISHED" for r in runs)
     # Each model's run is a child of the run that `mlflow run` opened for the entry point.
     parents = {r.data.tags.get("mlflow.parentRunId") for r in runs}
     assert len(parents) == 1 and None not in parents
     assert client.get_run(parents.pop()).info.status == "FINISHED"
+    # ... and all four carry the one `dvc repro` that `mlflow run` started.
+    pipelines = {r.data.tags["pipeline"] for r in runs}
+    assert len(pipelines) == 1 and pipelines.pop().startswith("dvc repro "), pipelines
     for name in MODEL_NAMES:
         assert (project / "models" / name / "model.keras").is_file()
     again = run_checked(["dvc", "repro"], project)
     assert "Running stage" not in again.stdout
+
+    # An experiment that retrains the fine-tuned model: its run is tagged with the DVC experiment's name,
+    # and the register stage's gate answers for its version.
+    exp = run_checked(["dvc", "exp", "run", "-S", "models.fine_tuning.learning_rate=0.01"], project)
+    assert "Running stage 'train_fine_tuning'" in exp.stdout and "Running stage 'train_scratch'" not in exp.stdout
+    tuned = json.loads((project / "models" / "fine_tuning" / "run.json").read_text())
+    names = run_checked(["dvc", "exp", "list", "--name-only"], project).stdout.split()
+    assert client.get_run(tuned["run_id"]).data.tags["pipeline"] in {f"dvc exp {name}" for name in names}
+    registered = json.loads((project / "models" / "registered.json").read_text())
+    assert registered["version"] == "2" and registered["reason"]
+    version = client.get_model_version("catsdogs", "2")
+    assert version.tags["gate"] == ("promoted" if registered["promoted"] else "refused")
