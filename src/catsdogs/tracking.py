@@ -108,8 +108,9 @@ def split_dataset(split: str, source: str, digest: str, splits_dir: Path = SPLIT
 
 
 def as_dataset(frame: pd.DataFrame, name: str, source: str, digest: str, **columns: str) -> PandasDataset:
-    """A table as an MLflow dataset: the data hash as digest (its first 12 hex digits, as the version descriptions quote it) and the
-    downloaded archive (params data.url: an http(s) or file:// URL, or a path) as source."""
+    """A table as an MLflow dataset: the data hash as digest (its first 12 hex digits, as the version
+    descriptions quote it) and the downloaded archive (params data.url: an http(s) or file:// URL, or a path)
+    as source."""
     with warnings.catch_warnings():  # a path matches two equivalent local source kinds; MLflow picks one
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple")
         return from_pandas(frame, source=source, name=name, digest=digest[:12], **columns)
