@@ -4,6 +4,8 @@
 #   make test-fast  the unit tests alone (no trained models, no services): under 2 minutes
 #   make lint       ruff (pycodestyle, pyflakes, isort, bugbear, pyupgrade) and mypy on src/
 #   make bench      the performance benchmark on the real data (../shared), reports/benchmark.md
+#   make ui         the MLflow UI of the local store (mlflow.db) on 127.0.0.1:5000
+#   make plots      the DVC plots as dvc_plots/index.html, which draws with no network
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -16,7 +18,7 @@ export DVC_NO_ANALYTICS := 1
 # Quieter TensorFlow start-up logs.
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: repro test test-fast lint bench venv ui clean
+.PHONY: repro test test-fast lint bench venv ui plots clean
 
 venv: $(STAMP)
 
@@ -45,8 +47,17 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run \
 		--data ../shared/data/cats_and_dogs_filtered.zip --weights ../shared/weights/vgg16_notop.h5
 
+# MLflow 3's UI opens experiments on its GenAI pages unless the browser switched to "Model training": this
+# link carries the switch (workflowType) to the training runs.
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+	@$(BIN)/python -c 'import mlflow; from catsdogs.config import load_params; p = load_params().mlflow; \
+	mlflow.set_tracking_uri(p.tracking_uri); e = mlflow.get_experiment_by_name(p.experiment); \
+	print(f"training runs: http://127.0.0.1:5000/#/experiments/{e.experiment_id}?workflowType=machine_learning" \
+	if e else "no runs yet: make repro first")' 2>/dev/null
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+plots: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/catsdogs plots -o dvc_plots
 
 clean:
 	rm -rf $(VENV) .pytest_cache

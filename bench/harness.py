@@ -76,18 +76,26 @@ def served_model(project: Path, model_uri: str = "models:/catsdogs@champion", tr
     env.update(MLFLOW_TRACKING_URI=tracking_uri or f"sqlite:///{project.resolve()}/mlflow.db",
                MLFLOW_DISABLE_TELEMETRY="true", PATH=bin_dir + os.pathsep + env.get("PATH", ""))
     env.update(extra_env or {})
-    log_path = project / "serve.log"
+    url = f"http://127.0.0.1:{port}"
+    with server_process([str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+                         "--host", "127.0.0.1", "--port", str(port), *extra_args],
+                        project, env, project / "serve.log", f"{url}/ping", timeout):
+        yield url
+
+
+@contextmanager
+def server_process(args: list[str], cwd: Path, env: dict[str, str], log_path: Path, ready_url: str,
+                   timeout: float) -> Iterator[subprocess.Popen]:
+    """Run a server in its own process group, logging to `log_path`, until `ready_url` answers 200; stop the
+    group (the server and its workers) on exit."""
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-             "--host", "127.0.0.1", "--port", str(port), *extra_args],
-            cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
+        process = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
         try:
-            wait_for_ping(url, process, log_path, timeout)
-            yield url
+            wait_for_ping(ready_url, process, log_path, timeout)
+            yield process
         finally:
-            os.killpg(process.pid, signal.SIGTERM)  # the server and its workers, by the group we started
+            os.killpg(process.pid, signal.SIGTERM)
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -99,12 +107,12 @@ def wait_for_ping(url: str, process: subprocess.Popen, log_path: Path, timeout: 
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"mlflow models serve exited: {log_path.read_text()[-3000:]}")
+            raise RuntimeError(f"{process.args[0]} exited: {log_path.read_text()[-3000:]}")
         try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+            if requests.get(url, timeout=2).status_code == 200:
                 return
         except requests.RequestException:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"mlflow models serve did not answer /ping within {timeout:.0f} s; see {log_path}")
+            raise RuntimeError(f"{url} did not answer within {timeout:.0f} s; see {log_path}")
         time.sleep(1)

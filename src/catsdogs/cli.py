@@ -5,6 +5,7 @@
     catsdogs demo-data FOLDER                    a small generated data set (stripes: cat vs dog)
     catsdogs services up|down|status|add-user    the team's tracking server, database and object store
     catsdogs score INPUT... --out PATH           batch scoring of folders, files or tables on Spark (score.py)
+    catsdogs plots [show|diff] [DVC_ARGS...]     dvc plots as a page that draws offline (plots.py)
     catsdogs download | split | features | train NAME | evaluate NAME | report | register   (the DVC stages)
 """
 
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                           help="a fixed port for postgres, s3 or mlflow (default: free ports, chosen once)")
     commands.add_parser("score", help="classify folders, files or tables of photos on Apache Spark",
                         add_help=False)
+    commands.add_parser("plots", help="dvc plots show / diff as an HTML page that needs no network",
+                        add_help=False)
     for stage in STAGES:
         commands.add_parser(stage, help=f"DVC stage {stage} (python -m catsdogs.{stage})", add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -54,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         from catsdogs import score
 
         return score.main(rest)
+    if args.command == "plots":
+        from catsdogs import plots
+
+        return plots.main(rest)
     if args.command in STAGES:
         import importlib
 

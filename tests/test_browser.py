@@ -1,0 +1,181 @@
+"""What a user sees, in a real headless Chromium: the MLflow UI over the tiny project's runs, and the offline
+DVC plots page. Playwright drives the system's Chromium (Debian: apt-get install -y chromium).
+
+Where Chromium or Playwright is missing these tests skip, saying how to install them; under CI=true they fail.
+Screenshots go to test-output/browser/ (CATSDOGS_TEST_OUTPUT overrides the folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from bench.harness import free_port, server_process
+from catsdogs.config import MODELS_DIR
+from catsdogs.tracking import data_hash
+from conftest import ROOT, run_checked, subprocess_env
+
+INSTALL = "apt-get install -y chromium && pip install -e '.[browser]'"
+SHOTS = Path(os.environ.get("CATSDOGS_TEST_OUTPUT", ROOT / "test-output")) / "browser"
+# The UI's "GenAI / Model training" switch is a browser setting in MLflow 3.x (GenAI unless switched); the
+# project's links carry it, as README's do.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+def _missing() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright for Python is not installed"
+    if _chromium() is None:
+        return "no chromium on PATH"
+    return None
+
+
+if (missing := _missing()) is not None:
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(f"browser tests cannot run in CI: {missing}")
+    pytest.skip(f"browser tests skipped: {missing}; install: {INSTALL}", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        # Chromium's sandbox refuses to run as root (containers, CI); as any other user it stays on.
+        args = ["--no-sandbox"] if os.geteuid() == 0 else []
+        launched = playwright.chromium.launch(executable_path=_chromium(), args=args)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator:
+    context = browser.new_context(viewport={"width": 1500, "height": 950})
+    context.set_default_timeout(30_000)
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def ui(champion: dict, tiny_project: Path) -> Iterator[dict]:
+    """`mlflow server` over the tiny project's store (four trained runs, the champion evaluated and registered)
+    on a free loopback port; stopped by its process group."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = subprocess_env()
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+               f"sqlite:///{tiny_project}/mlflow.db", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with server_process(command, tiny_project, env, tiny_project / "ui.log", f"{url}/health", timeout=120):
+        client = mlflow.MlflowClient(f"sqlite:///{tiny_project}/mlflow.db")
+        experiment = client.get_experiment_by_name("catsdogs")
+        runs = {name: json.loads((tiny_project / MODELS_DIR / name / "run.json").read_text())["run_id"]
+                for name in ("scratch", "augmented", "feature_extraction", "fine_tuning")}
+        yield {"url": url, "experiment": experiment.experiment_id, "runs": runs, "project": tiny_project}
+
+
+def test_the_experiment_opens_on_its_training_runs_with_their_datasets(ui: dict, page) -> None:
+    page.goto(f"{ui['url']}/#/experiments/{ui['experiment']}?{TRAINING_VIEW}")  # README's link
+    page.wait_for_url("**/runs**")
+    for name in ui["runs"]:
+        page.get_by_text(name, exact=True).first.wait_for()
+    digest = data_hash(ui["project"] / "data" / "splits")[:12]
+    page.get_by_text(f"train ({digest})").first.wait_for()
+    page.screenshot(path=SHOTS / "runs_with_datasets.png")
+    assert page.get_by_text(f"val ({digest})").count() >= 1
+    assert "/overview" not in page.url  # not the GenAI overview ("Traces: 0")
+    experiment = mlflow.MlflowClient(f"sqlite:///{ui['project']}/mlflow.db").get_experiment(ui["experiment"])
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_run_shows_its_metric_charts_and_system_metrics(ui: dict, page) -> None:
+    run = f"{ui['url']}/#/experiments/{ui['experiment']}/runs/{ui['runs']['fine_tuning']}"
+    page.goto(f"{run}/model-metrics?{TRAINING_VIEW}")
+    page.get_by_text("accuracy", exact=True).first.wait_for()  # the chart of the per-epoch metric
+    page.get_by_text("final_val_accuracy", exact=True).first.wait_for()
+    _wait_for_charts(page)
+    page.screenshot(path=SHOTS / "run_metrics.png")
+
+    page.goto(f"{run}/system-metrics?{TRAINING_VIEW}")
+    page.get_by_text("cpu_utilization_percentage").first.wait_for()
+    _wait_for_charts(page)
+    page.screenshot(path=SHOTS / "run_system_metrics.png")
+
+
+def test_the_confusion_matrix_artifact_loads_as_an_image(ui: dict, page) -> None:
+    run = f"{ui['url']}/#/experiments/{ui['experiment']}/runs/{ui['runs']['fine_tuning']}"
+    page.goto(f"{run}/artifacts/evaluation/confusion_matrix.png?{TRAINING_VIEW}")
+    page.get_by_text("evaluation/confusion_matrix.png").first.wait_for()  # the file the preview shows
+    image = page.locator("img[src^='blob:']").first  # the UI fetches the artifact and shows it from a blob
+    image.wait_for()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    assert image.evaluate("img => img.naturalWidth") > 100
+    page.screenshot(path=SHOTS / "confusion_matrix_artifact.png")
+
+
+def test_the_registered_model_shows_its_champion_and_the_gate(ui: dict, champion: dict, page) -> None:
+    page.goto(f"{ui['url']}/#/models/catsdogs?{TRAINING_VIEW}")
+    page.get_by_text("champion").first.wait_for()
+    page.get_by_text("validation gate").first.wait_for()  # the registered model's description
+    page.screenshot(path=SHOTS / "registered_model.png")
+    page.goto(f"{ui['url']}/#/models/catsdogs/versions/{champion['version']}?{TRAINING_VIEW}")
+    page.get_by_text("promoted").first.wait_for()  # the version's gate tag
+    page.screenshot(path=SHOTS / "champion_version.png")
+
+
+def test_the_dvc_plots_page_draws_with_the_network_blocked(tiny_project: Path, trained: dict, tmp_path: Path,
+                                                           browser) -> None:
+    """`catsdogs plots` over the project's dvc.yaml and the tiny project's training histories."""
+    project = tmp_path / "plots"
+    shutil.copytree(tiny_project, project, ignore=shutil.ignore_patterns("mlruns", "mlflow.db", "features"))
+    shutil.copy2(ROOT / "dvc.yaml", project / "dvc.yaml")
+    run_checked(["dvc", "init", "--no-scm", "-q"], project)
+    run_checked([sys.executable, "-m", "catsdogs.cli", "plots", "-o", "dvc_plots"], project)
+    html = (project / "dvc_plots" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in html and "vegaEmbed" in html
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    requested: list[str] = []
+
+    def offline(route) -> None:
+        if route.request.url.startswith("file:"):
+            route.continue_()
+        else:
+            requested.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", offline)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto((project / "dvc_plots" / "index.html").as_uri())
+    charts = page.locator(".vega-embed")
+    charts.first.wait_for()
+    page.wait_for_function("() => document.querySelectorAll('.vega-embed canvas, .vega-embed svg').length > 0")
+    # One vega chart per history.csv plus the top-level comparison (the tiny project evaluated fine_tuning only).
+    assert charts.count() >= 5
+    assert page.evaluate("() => Array.from(document.images).every(img => img.naturalWidth > 0)")
+    page.screenshot(path=SHOTS / "dvc_plots_offline.png")
+    context.close()
+    assert not errors and not requested, (errors, requested)
+
+
+def _wait_for_charts(page) -> None:
+    page.wait_for_function(
+        "() => document.querySelectorAll('.js-plotly-plot, canvas, svg.main-svg, .recharts-surface').length > 0")
