@@ -47,7 +47,7 @@ def offline_template(path: Path = TEMPLATE) -> Path:
     so that DVC adds no CDN links)."""
     import vl_convert
 
-    bundle = vl_convert.javascript_bundle(vl_version=VEGA_LITE_VERSION)
+    bundle = vl_convert.javascript_bundle(None, vl_version=VEGA_LITE_VERSION)  # None: the default snippet
     if "</script" in bundle.lower():  # would end the inline script early
         bundle = bundle.replace("</script", "<\\/script").replace("</SCRIPT", "<\\/SCRIPT")
     path.parent.mkdir(parents=True, exist_ok=True)
