@@ -17,6 +17,8 @@ from pathlib import Path
 
 # Vega-Lite major version of the specs DVC's plot templates write ($schema .../vega-lite/v5.json).
 VEGA_LITE_VERSION = "5.20"
+# The bundle's entry point: the three libraries as the globals DVC's chart scripts call (vegaEmbed).
+GLOBALS = "window.vegaEmbed = vegaEmbed; window.vega = vega; window.vegaLite = vegaLite;"
 TEMPLATE = Path(".dvc/tmp/catsdogs-offline-plots.html")  # DVC's own scratch folder: git-ignored
 
 PAGE = """<!DOCTYPE html>
@@ -47,7 +49,7 @@ def offline_template(path: Path = TEMPLATE) -> Path:
     so that DVC adds no CDN links)."""
     import vl_convert
 
-    bundle = vl_convert.javascript_bundle(None, vl_version=VEGA_LITE_VERSION)  # None: the default snippet
+    bundle = vl_convert.javascript_bundle(GLOBALS, vl_version=VEGA_LITE_VERSION)
     if "</script" in bundle.lower():  # would end the inline script early
         bundle = bundle.replace("</script", "<\\/script").replace("</SCRIPT", "<\\/SCRIPT")
     path.parent.mkdir(parents=True, exist_ok=True)
