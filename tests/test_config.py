@@ -48,6 +48,11 @@ def test_project_params_load_with_pinned_defaults() -> None:
         ({"models.scratch.init_from": "augmented"}, "models.scratch.init_from must be null"),
         ({"models.augmented.init_from": "feature_extraction"}, "models.augmented.init_from must be one of scratch"),
         ({"models.fine_tuning.init_from": "scratch"}, "init_from must be one of feature_extraction"),
+        ({"register.metric": "val_f1"}, "register.metric must be one of val_accuracy, val_loss"),
+        ({"register.metric": "test_accuracy"}, "register.metric must be one of"),  # test data never chooses
+        ({"register.min_delta": 0}, "register.min_delta must be > 0"),  # a tie is no improvement
+        ({"register.min_val_accuracy": 1.5}, r"register.min_val_accuracy must be in \[0, 1\] or null"),
+        ({"register.max_val_loss": 0}, "register.max_val_loss must be > 0 or null"),
     ],
 )
 def test_bad_values_are_rejected(overrides: dict, message: str) -> None:
