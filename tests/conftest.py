@@ -47,6 +47,16 @@ def keras_dtype_policy() -> Iterator[None]:
     keras.mixed_precision.set_global_policy("float32")
 
 
+def require_binaries(missing: str | None, what: str) -> None:
+    """At a module's top: skip it where `missing` names an absent binary (the message says how to get it);
+    under CI=true, where .ci/run installs them, fail instead."""
+    if missing is None:
+        return
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(f"{what} cannot run in CI: {missing}")
+    pytest.skip(f"{what} skipped: {missing}", allow_module_level=True)
+
+
 def params_dict(**overrides: object) -> dict:
     """The project's params.yaml as a dict, with dotted-key overrides (like dvc exp run -S)."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())

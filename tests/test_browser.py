@@ -20,7 +20,7 @@ import pytest
 from bench.harness import free_port, server_process
 from catsdogs.config import MODELS_DIR
 from catsdogs.tracking import data_hash
-from conftest import ROOT, run_checked, subprocess_env
+from conftest import ROOT, require_binaries, run_checked, subprocess_env
 
 INSTALL = "apt-get install -y chromium && pip install -e '.[browser]'"
 SHOTS = Path(os.environ.get("CATSDOGS_TEST_OUTPUT", ROOT / "test-output")) / "browser"
@@ -40,16 +40,13 @@ def _missing() -> str | None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        return "Playwright for Python is not installed"
+        return f"Playwright for Python is not installed; install: {INSTALL}"
     if _chromium() is None:
-        return "no chromium on PATH"
+        return f"no chromium on PATH; install: {INSTALL}"
     return None
 
 
-if (missing := _missing()) is not None:
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(f"browser tests cannot run in CI: {missing}")
-    pytest.skip(f"browser tests skipped: {missing}; install: {INSTALL}", allow_module_level=True)
+require_binaries(_missing(), "browser tests")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import requests
 from bench.harness import served_model
 from catsdogs import services, synthetic
 from catsdogs.config import MODEL_NAMES
-from conftest import ROOT, pipeline_project, run_checked, subprocess_env
+from conftest import ROOT, pipeline_project, require_binaries, run_checked, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +37,7 @@ def _missing() -> str | None:
     return None
 
 
-if (missing := _missing()) is not None:
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(f"team tests cannot run in CI: {missing}")
-    pytest.skip(f"team services unavailable: {missing}", allow_module_level=True)
+require_binaries(_missing(), "team tests")
 
 
 @pytest.fixture(scope="module")
