@@ -1,9 +1,9 @@
-"""What the benchmark parts share: the benchmark workspace, its environment, and a served model.
+"""What the benchmark parts share: the benchmark workspace, its environment, servers and a browser.
 
 The workspace is a fresh clone of this repository's HEAD (an empty DVC cache and MLflow store) whose
 params.yaml points at the data and weights given; the parts run the workspace's own code. `served_model`
-starts `mlflow models serve` on a free loopback port and stops it by its process group; the serving
-tests use it too.
+starts `mlflow models serve`, `tracking_ui` `mlflow server`, each on a free loopback port, stopped by its
+process group; `chromium` is the system's Chromium under Playwright. The tests use them too.
 """
 
 from __future__ import annotations
@@ -81,6 +81,59 @@ def served_model(project: Path, model_uri: str = "models:/catsdogs@champion", tr
                          "--host", "127.0.0.1", "--port", str(port), *extra_args],
                         project, env, project / "serve.log", f"{url}/ping", timeout):
         yield url
+
+
+@contextmanager
+def tracking_ui(project: Path, timeout: float = 120) -> Iterator[str]:
+    """`mlflow server` over the project's store (mlflow.db, its artifacts where the runs logged them) on
+    127.0.0.1; yields its base URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+               f"sqlite:///{project.resolve()}/mlflow.db", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with server_process(command, project, env, project / "ui.log", f"{url}/health", timeout):
+        yield url
+
+
+def chromium_executable() -> str | None:
+    """The system's Chromium (Debian: apt-get install chromium): Playwright's own download needs internet."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+@contextmanager
+def chromium() -> Iterator:
+    """A headless Chromium under Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # Chromium's sandbox refuses to run as root (containers, CI); as any other user it stays on.
+        args = ["--no-sandbox"] if os.geteuid() == 0 else []
+        browser = playwright.chromium.launch(executable_path=chromium_executable(), args=args)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def offline_context(browser, requested: list[str]):
+    """A browser context that serves file:// pages only: any other request is recorded in `requested` and
+    refused, as with no network."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+
+    def route(handler) -> None:
+        if handler.request.url.startswith("file:"):
+            handler.continue_()
+        else:
+            requested.append(handler.request.url)
+            handler.abort()
+
+    context.route("**/*", route)
+    return context
 
 
 @contextmanager

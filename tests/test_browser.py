@@ -17,10 +17,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from bench.harness import free_port, server_process
+from bench.harness import chromium, chromium_executable, offline_context, tracking_ui
 from catsdogs.config import MODELS_DIR
 from catsdogs.tracking import data_hash
-from conftest import ROOT, require_binaries, run_checked, subprocess_env
+from conftest import ROOT, require_binaries, run_checked
 
 INSTALL = "apt-get install -y chromium && pip install -e '.[browser]'"
 SHOTS = Path(os.environ.get("CATSDOGS_TEST_OUTPUT", ROOT / "test-output")) / "browser"
@@ -29,19 +29,12 @@ SHOTS = Path(os.environ.get("CATSDOGS_TEST_OUTPUT", ROOT / "test-output")) / "br
 TRAINING_VIEW = "workflowType=machine_learning"
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if found := shutil.which(name):
-            return found
-    return None
-
-
 def _missing() -> str | None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         return f"Playwright for Python is not installed; install: {INSTALL}"
-    if _chromium() is None:
+    if chromium_executable() is None:
         return f"no chromium on PATH; install: {INSTALL}"
     return None
 
@@ -51,15 +44,9 @@ require_binaries(_missing(), "browser tests")
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        # Chromium's sandbox refuses to run as root (containers, CI); as any other user it stays on.
-        args = ["--no-sandbox"] if os.geteuid() == 0 else []
-        launched = playwright.chromium.launch(executable_path=_chromium(), args=args)
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture
@@ -74,12 +61,7 @@ def page(browser) -> Iterator:
 def ui(champion: dict, tiny_project: Path) -> Iterator[dict]:
     """`mlflow server` over the tiny project's store (four trained runs, the champion evaluated and registered)
     on a free loopback port; stopped by its process group."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = subprocess_env()
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-               f"sqlite:///{tiny_project}/mlflow.db", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with server_process(command, tiny_project, env, tiny_project / "ui.log", f"{url}/health", timeout=120):
+    with tracking_ui(tiny_project) as url:
         client = mlflow.MlflowClient(f"sqlite:///{tiny_project}/mlflow.db")
         experiment = client.get_experiment_by_name("catsdogs")
         runs = {name: json.loads((tiny_project / MODELS_DIR / name / "run.json").read_text())["run_id"]
@@ -147,17 +129,8 @@ def test_the_dvc_plots_page_draws_with_the_network_blocked(tiny_project: Path, t
     html = (project / "dvc_plots" / "index.html").read_text()
     assert "cdn.jsdelivr" not in html and "vegaEmbed" in html
 
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
     requested: list[str] = []
-
-    def offline(route) -> None:
-        if route.request.url.startswith("file:"):
-            route.continue_()
-        else:
-            requested.append(route.request.url)
-            route.abort()
-
-    context.route("**/*", offline)
+    context = offline_context(browser, requested)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))
