@@ -129,13 +129,16 @@ def test_without_credentials_the_server_answers_401(team: dict) -> None:
 def test_the_pipeline_logs_runs_models_and_the_registry_to_the_server(team: dict, clone_a: Path, as_admin) -> None:
     client = as_admin
     experiment = client.get_experiment_by_name("catsdogs")
-    runs = client.search_runs([experiment.experiment_id])
+    runs = client.search_runs([experiment.experiment_id], "tags.dvc_stage LIKE 'train_%'")
     assert sorted(r.data.tags["mlflow.runName"] for r in runs) == sorted(MODEL_NAMES)
+    gates = client.search_runs([experiment.experiment_id], "attributes.run_name LIKE 'gate: %'")
+    assert [r.info.run_name for r in gates] == ["gate: catsdogs v1"]  # the register stage's validation gate
+    for run in [*runs, *gates]:
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:"), "artifacts go through the server"
     for run in runs:
         assert run.info.status == "FINISHED"
         assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 1
         assert "test_accuracy" in run.data.metrics
-        assert run.info.artifact_uri.startswith("mlflow-artifacts:"), "artifacts go through the server"
     champion = client.get_model_version_by_alias("catsdogs", "champion")
     assert champion.tags["source_model"] == "fine_tuning"
     # nothing was written to a local store, and the artifacts are in the object store's bucket
