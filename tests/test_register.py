@@ -105,6 +105,7 @@ def test_the_gate_runs_are_mlflow_evaluations_nested_under_the_training_run(regi
     assert gate.data.metrics["val_accuracy"] == pytest.approx(registered[1]["val_accuracy"])
     assert "accuracy_score" in gate.data.metrics and "val_loss" in gate.data.metrics
     assert any(item.dataset.name == "val" for item in gate.inputs.dataset_inputs)
+    assert gate.data.tags["dvc_stage"] == "register" and gate.data.tags["pipeline"]
     assert "confusion_matrix.png" in {a.path for a in client.list_artifacts(gate.info.run_id)}
 
 

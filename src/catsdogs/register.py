@@ -48,6 +48,7 @@ from catsdogs.tracking import (
     data_hash,
     mlflow,
     model_requirements,
+    run_tags,
     setup_mlflow,
     tracking_failure,
 )
@@ -202,8 +203,8 @@ def gate_evaluation(params: Params, model_uri: str, run_name: str, run: dict, sp
     })
     dataset = as_dataset(frame, "val", params.data.url, data_hash(splits_dir), targets="label",
                          predictions="predicted")
-    with mlflow.start_run(run_name=run_name, nested=True,
-                          tags={"mlflow.parentRunId": run["run_id"], "gate_model": model_uri}):
+    tags = {**run_tags("register", run["run_id"]), "gate_model": model_uri}
+    with mlflow.start_run(run_name=run_name, nested=True, tags=tags, log_system_metrics=True):
         return mlflow.models.evaluate(
             data=dataset, model_type="classifier", feature_names=["path", "p_positive", "positive"],
             evaluator_config={"pos_label": positive, "log_model_explainability": False},
