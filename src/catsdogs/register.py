@@ -218,10 +218,11 @@ def _rounded(result: EvaluationResult) -> dict[str, float]:
 
 def describe_registered_model(client: mlflow.MlflowClient, rule: RegisterParams, class_names: list[str]) -> None:
     """What the registered model is, for whoever finds it in the registry (not only its versions)."""
+    outputs = ", ".join(f"`p_{name}`" for name in class_names)
     client.update_registered_model(rule.name, description=(
         f"Classifies a photo as {' or '.join(class_names)}: the catsdogs pipeline's `{rule.model}` model, one "
         f"version per `register` stage run. Input: a column `{COLUMN}` of base64-encoded image files (JPEG, PNG, "
-        f"...); output: `label` and `p_<class>` for each class. The `{rule.alias}` alias moves only to a "
+        f"...); output: `label` and {outputs}. The `{rule.alias}` alias moves only to a "
         f"version that passes the validation gate on {rule.metric} (each version's tags say why). "
         f"Serve: mlflow models serve -m models:/{rule.name}@{rule.alias} --env-manager local"
     ))
@@ -257,7 +258,7 @@ def tag_version(client: mlflow.MlflowClient, name: str, version: str, source_mod
             f"{source_model}: validation accuracy {verdict.candidate['val_accuracy']:.4f}, test accuracy "
             f"{test['accuracy']:.4f} on {test['images']} held-out images; gate: {tags['gate']}. Data "
             f"{tags['data_hash'][:12]}, commit {tags['git_commit'][:12]}. Input: base64 image files; output: label "
-            f"and p_<class>."
+            f"and {', '.join(f'p_{name}' for name in test['confusion_matrix']['labels'])}."
         ),
     )
 
