@@ -142,3 +142,28 @@ def test_pyfunc_takes_image_files_and_matches_keras(registered: list[dict], in_p
     pixels = np.stack([load_pixels(f, 48, 10**6) for f in files]).astype("float32")
     np.testing.assert_allclose(result["p_dog"], keras_model.predict(pixels, verbose=0).reshape(-1), rtol=1e-5)
     assert list(result["label"]) == ["dog" if p >= 0.5 else "cat" for p in result["p_dog"]]
+
+
+class _LegacyClassifier(mlflow.pyfunc.PythonModel):
+    """A champion registered before the pyfunc had its `errors` param: no `error` column, no params."""
+
+    def predict(self, context, model_input: pd.DataFrame) -> pd.DataFrame:
+        rows = len(model_input)
+        return pd.DataFrame({"label": ["dog"] * rows, "p_cat": [0.4] * rows, "p_dog": [0.6] * rows})
+
+
+def test_the_gate_scores_a_champion_registered_by_an_older_pyfunc(champion: dict, in_project: Path) -> None:
+    params = load_params()
+    params = dataclasses.replace(params, register=dataclasses.replace(params.register, name="catsdogs-legacy"))
+    client = mlflow.MlflowClient()
+    with mlflow.start_run(run_name="legacy"):
+        mlflow.pyfunc.log_model(name="classifier", python_model=_LegacyClassifier(),
+                                registered_model_name="catsdogs-legacy")
+    client.set_registered_model_alias("catsdogs-legacy", "champion", "1")
+
+    result = register_model(params, MODELS_DIR / "fine_tuning", EVALUATION_DIR / "fine_tuning")
+
+    val = [line.split(",")[1] for line in (Path("data/splits/val.csv").read_text().splitlines()[1:])]
+    assert result["holder_val_accuracy"] == pytest.approx(val.count("dog") / len(val), abs=1e-4)
+    expected = result["val_accuracy"] >= result["holder_val_accuracy"] + params.register.min_delta
+    assert result["promoted"] == expected and result["version"] == "2"

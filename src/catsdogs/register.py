@@ -192,7 +192,8 @@ def gate_evaluation(params: Params, model_uri: str, run_name: str, run: dict, sp
     model = mlflow.pyfunc.load_model(model_uri)
     encoded = [base64.b64encode(image.path.read_bytes()).decode() for image in images]
     output = model.predict(pd.DataFrame({COLUMN: encoded}), params={"errors": "column"})
-    failed = output["error"] != ""
+    # versions registered before the pyfunc had its `errors` param raise on a bad image instead
+    failed = output["error"] != "" if "error" in output.columns else pd.Series(False, index=output.index)
     if failed.any():
         index = int(np.argmax(failed.to_numpy()))
         raise MissingInputError(f"{images[index].path}: {output['error'].iloc[index]} (validation image)")
