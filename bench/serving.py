@@ -1,6 +1,7 @@
 """Latency and throughput of the champion served by `mlflow models serve --env-manager local`.
 
-    python -m bench.serving WORKSPACE [--seconds 60] [--clients 4] [--out reports/benchmark_serving.json]
+    python -m bench.serving WORKSPACE [--seconds 60] [--clients 4] [--workers N] [--env KEY=VALUE]
+                            [--out reports/benchmark_serving.json]
 
 In WORKSPACE (a project folder after `dvc repro`): starts the server on a free local port, then
 1. sequential: one client, one 150x150 JPEG per request (a test image, resized), --requests times;
@@ -34,17 +35,23 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--workers", type=int, default=1, help="the scoring server's worker processes")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="the server's environment, e.g. TF_NUM_INTRAOP_THREADS=1")
     parser.add_argument("--out", type=Path, default=Path("reports/benchmark_serving.json"))
     args = parser.parse_args()
-    result = benchmark(args.workspace, args.requests, args.clients, args.seconds)
+    env = dict(pair.split("=", 1) for pair in args.env)
+    result = benchmark(args.workspace, args.requests, args.clients, args.seconds, args.workers, env)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
-def benchmark(workspace: Path, sequential: int, clients: int, seconds: float) -> dict:
+def benchmark(workspace: Path, sequential: int, clients: int, seconds: float, workers: int = 1,
+              env: dict[str, str] | None = None) -> dict:
     image_path, body = request_body(workspace)
-    with served_model(workspace) as base:
+    extra_args = ("--workers", str(workers)) if workers != 1 else ()
+    with served_model(workspace, extra_args=extra_args, extra_env=env) as base:
         url = f"{base}/invocations"
         session = requests.Session()
         for _ in range(5):  # warm-up: the first calls build TensorFlow's kernels
@@ -54,7 +61,8 @@ def benchmark(workspace: Path, sequential: int, clients: int, seconds: float) ->
         concurrent = load_test(url, body, clients, seconds)
     return {
         "model": "models:/catsdogs@champion",
-        "command": "mlflow models serve -m models:/catsdogs@champion --env-manager local",
+        "command": " ".join(["mlflow models serve -m models:/catsdogs@champion --env-manager local", *extra_args]),
+        "server_env": env or {},
         "image": f"{image_path.name}, resized to 150x150, JPEG quality 90, {len(body)} bytes of JSON",
         "sequential": {"requests": sequential, "errors": sum(not ok for _, ok in single),
                        **percentiles([ms for ms, _ in single])},

@@ -44,8 +44,11 @@ def test_pipeline_benchmark_compares_the_book_generator_with_ours(tiny_project: 
 def test_serving_benchmark_counts_requests_and_errors(champion: dict, tiny_project: Path, tmp_path: Path) -> None:
     out = tmp_path / "serving.json"
     subprocess.run([sys.executable, "-m", "bench.serving", tiny_project, "--requests", "3", "--clients", "2",
-                    "--seconds", "3", "--out", out], env=bench_env(tiny_project), check=True, stdout=subprocess.PIPE)
+                    "--seconds", "3", "--workers", "2", "--env", "TF_NUM_INTRAOP_THREADS=1", "--out", out],
+                   env=bench_env(tiny_project), check=True, stdout=subprocess.PIPE)
     result = json.loads(out.read_text())
+    assert result["command"].endswith("--workers 2") and result["server_env"] == {"TF_NUM_INTRAOP_THREADS": "1"}
+    assert (tiny_project / "serve.log").read_text().count("Started server process") == 2  # both workers ran
     assert result["sequential"]["requests"] == 3 and result["sequential"]["errors"] == 0
     concurrent = result["concurrent"]
     assert concurrent["clients"] == 2 and concurrent["requests"] >= 2 and concurrent["errors"] == 0
