@@ -139,12 +139,17 @@ class Verdict:
 def validation_gate(params: Params, run: dict, version: str, holder, splits_dir: Path) -> Verdict:
     """Score the new version and the alias's holder on the current validation split; check the thresholds."""
     rule = params.register
-    candidate = gate_evaluation(params, f"models:/{rule.name}/{version}", f"gate: {rule.name} v{version}", run,
-                                splits_dir)
+    images = read_manifest(manifest_path("val", splits_dir))
+    # read, encoded and hashed once for both versions the gate scores
+    val = pd.DataFrame({"path": [image.path.as_posix() for image in images], "label": [image.label for image in images],
+                        COLUMN: [base64.b64encode(image.path.read_bytes()).decode() for image in images]})
+    context = GateContext(val, run["class_names"][1], params.data.url, data_hash(splits_dir),
+                          run_tags("register", run["run_id"]))
+    candidate = gate_evaluation(context, f"models:/{rule.name}/{version}", f"gate: {rule.name} v{version}")
     baseline = None
     if holder is not None:
-        baseline = gate_evaluation(params, f"models:/{rule.name}/{holder.version}",
-                                   f"gate: {rule.name}@{rule.alias} v{holder.version}", run, splits_dir)
+        baseline = gate_evaluation(context, f"models:/{rule.name}/{holder.version}",
+                                   f"gate: {rule.name}@{rule.alias} v{holder.version}")
     thresholds = gate_thresholds(rule, compare=baseline is not None)
     held = _rounded(baseline) if baseline is not None else None
     try:
@@ -184,31 +189,34 @@ GATE_EVALUATION_METRICS = [
 ]
 
 
-def gate_evaluation(params: Params, model_uri: str, run_name: str, run: dict, splits_dir: Path) -> EvaluationResult:
+@dataclass(frozen=True)
+class GateContext:
+    """What every evaluation of one gate shares: the validation split (path, label, base64 image), the positive
+    class, the dataset's source and digest, and the runs' tags (stage, commit, data hash, pipeline, parent)."""
+
+    val: pd.DataFrame
+    positive: str
+    source: str
+    digest: str
+    tags: dict[str, str]
+
+
+def gate_evaluation(context: GateContext, model_uri: str, run_name: str) -> EvaluationResult:
     """A registered version's predictions on the validation split, evaluated by MLflow in a nested run under the
     candidate's training run (metrics, confusion matrix, the validation set as its dataset)."""
-    images = read_manifest(manifest_path("val", splits_dir))
-    negative, positive = run["class_names"]
-    model = mlflow.pyfunc.load_model(model_uri)
-    encoded = [base64.b64encode(image.path.read_bytes()).decode() for image in images]
-    output = model.predict(pd.DataFrame({COLUMN: encoded}), params={"errors": "column"})
+    val, positive = context.val, context.positive
+    output = mlflow.pyfunc.load_model(model_uri).predict(val[[COLUMN]], params={"errors": "column"})
     # versions registered before the pyfunc had its `errors` param raise on a bad image instead
     failed = output["error"] != "" if "error" in output.columns else pd.Series(False, index=output.index)
     if failed.any():
         index = int(np.argmax(failed.to_numpy()))
-        raise MissingInputError(f"{images[index].path}: {output['error'].iloc[index]} (validation image)")
-    frame = pd.DataFrame({
-        "path": [image.path.as_posix() for image in images],
-        "label": [image.label for image in images],
-        "predicted": output["label"].astype(str),
-        "p_positive": output[f"p_{positive}"].astype(float),
-        "positive": positive,
-    })
-    dataset = as_dataset(frame, "val", params.data.url, data_hash(splits_dir), targets="label",
-                         predictions="predicted")
-    tags = {**run_tags("register", run["run_id"]), "gate_model": model_uri}
-    with mlflow.start_run(run_name=run_name, nested=True, tags=tags, log_system_metrics=True), \
-            warnings.catch_warnings():
+        raise MissingInputError(f"{val['path'].iloc[index]}: {output['error'].iloc[index]} (validation image)")
+    frame = val[["path", "label"]].assign(predicted=output["label"].astype(str).to_numpy(),
+                                          p_positive=output[f"p_{positive}"].astype(float).to_numpy(),
+                                          positive=positive)
+    dataset = as_dataset(frame, "val", context.source, context.digest, targets="label", predictions="predicted")
+    with mlflow.start_run(run_name=run_name, nested=True, tags={**context.tags, "gate_model": model_uri},
+                          log_system_metrics=True), warnings.catch_warnings():
         # a version that never answers the positive class has precision 0 (MLflow's metric), not a warning
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         return mlflow.models.evaluate(
