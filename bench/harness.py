@@ -24,6 +24,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "reports"
+# MLflow 3's UI opens an experiment on its GenAI pages unless the browser switched to "Model training"; a link
+# with this query carries the switch (README's link does).
+TRAINING_VIEW = "workflowType=machine_learning"
+# A Playwright page function: true once DVC's plots page has drawn a vega chart.
+VEGA_DRAWN = "() => document.querySelectorAll('.vega-embed canvas, .vega-embed svg').length > 0"
 
 
 def bench_env(workspace: Path) -> dict[str, str]:
@@ -71,15 +76,12 @@ def served_model(project: Path, model_uri: str = "models:/catsdogs@champion", tr
     adds variables (a tracking server's MLFLOW_TRACKING_USERNAME/PASSWORD, say).
     """
     port = free_port()
-    bin_dir = str(Path(sys.executable).parent)  # the server starts `uvicorn` from PATH, as in an activated venv
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    env.update(MLFLOW_TRACKING_URI=tracking_uri or f"sqlite:///{project.resolve()}/mlflow.db",
-               MLFLOW_DISABLE_TELEMETRY="true", PATH=bin_dir + os.pathsep + env.get("PATH", ""))
-    env.update(extra_env or {})
+    env = server_env(MLFLOW_TRACKING_URI=tracking_uri or f"sqlite:///{project.resolve()}/mlflow.db",
+                     **(extra_env or {}))
     url = f"http://127.0.0.1:{port}"
-    with server_process([str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-                         "--host", "127.0.0.1", "--port", str(port), *extra_args],
-                        project, env, project / "serve.log", f"{url}/ping", timeout):
+    command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager",
+               "local", "--host", "127.0.0.1", "--port", str(port), *extra_args]
+    with server_process(command, project, env, project / "serve.log", f"{url}/ping", timeout):
         yield url
 
 
@@ -89,12 +91,19 @@ def tracking_ui(project: Path, timeout: float = 120) -> Iterator[str]:
     127.0.0.1; yields its base URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    env.update(MLFLOW_DISABLE_TELEMETRY="true", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    env = server_env()
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
                f"sqlite:///{project.resolve()}/mlflow.db", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with server_process(command, project, env, project / "ui.log", f"{url}/health", timeout):
         yield url
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    """A server's environment: no MLflow settings inherited from the caller, no telemetry, this venv's tools
+    first on PATH (the servers start `uvicorn` from it, as in an activated venv), then `extra`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    return {**env, **extra}
 
 
 def chromium_executable() -> str | None:

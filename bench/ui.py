@@ -17,9 +17,8 @@ from pathlib import Path
 
 import mlflow
 
-from bench.harness import bench_env, chromium, offline_context, tracking_ui
+from bench.harness import TRAINING_VIEW, VEGA_DRAWN, bench_env, chromium, offline_context, tracking_ui
 
-TRAINING_VIEW = "workflowType=machine_learning"  # the UI's "Model training" switch (see README)
 TEXT_LIMIT = 1500
 
 
@@ -64,7 +63,7 @@ def main() -> None:
         context = offline_context(browser, requested)
         page = context.new_page()
         page.goto((plots / "index.html").as_uri())
-        page.wait_for_function("() => document.querySelectorAll('.vega-embed canvas, .vega-embed svg').length > 0")
+        page.wait_for_function(VEGA_DRAWN)
         page.wait_for_timeout(2000)
         charts = page.locator(".vega-embed").count()
         records.append(_record(page, "plots_offline", out,

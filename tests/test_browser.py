@@ -17,16 +17,20 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from bench.harness import chromium, chromium_executable, offline_context, tracking_ui
+from bench.harness import (
+    TRAINING_VIEW,
+    VEGA_DRAWN,
+    chromium,
+    chromium_executable,
+    offline_context,
+    tracking_ui,
+)
 from catsdogs.config import MODELS_DIR
 from catsdogs.tracking import data_hash
 from conftest import ROOT, require_binaries, run_checked
 
 INSTALL = "apt-get install -y chromium && pip install -e '.[browser]'"
 SHOTS = Path(os.environ.get("CATSDOGS_TEST_OUTPUT", ROOT / "test-output")) / "browser"
-# The UI's "GenAI / Model training" switch is a browser setting in MLflow 3.x (GenAI unless switched); the
-# project's links carry it, as README's do.
-TRAINING_VIEW = "workflowType=machine_learning"
 
 
 def _missing() -> str | None:
@@ -137,7 +141,7 @@ def test_the_dvc_plots_page_draws_with_the_network_blocked(tiny_project: Path, t
     page.goto((project / "dvc_plots" / "index.html").as_uri())
     charts = page.locator(".vega-embed")
     charts.first.wait_for()
-    page.wait_for_function("() => document.querySelectorAll('.vega-embed canvas, .vega-embed svg').length > 0")
+    page.wait_for_function(VEGA_DRAWN)
     # One vega chart per history.csv plus the top-level comparison (the tiny project evaluated fine_tuning only).
     assert charts.count() >= 5
     assert page.evaluate("() => Array.from(document.images).every(img => img.naturalWidth > 0)")
