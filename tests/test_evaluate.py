@@ -42,7 +42,13 @@ def test_evaluate_writes_metrics_plots_and_logs_to_the_training_run(evaluated: d
     out = EVALUATION_DIR / name
     scores = json.loads((out / "metrics.json").read_text())
     assert scores == evaluated[name]
-    assert scores["images"] == 12 and set(scores) >= {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss"}
+    assert scores["images"] == 12 and set(scores) >= {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss",
+                                                      "brier", "ece", "log_loss_uncalibrated", "ece_uncalibrated"}
+    trained = json.loads((MODELS_DIR / name / "metrics.json").read_text())
+    assert scores["temperature"] == pytest.approx(trained["temperature"], rel=1e-6), "the model saved calibrated"
+    p_dog = np.array([float(row["p_dog"]) for row in csv.DictReader((out / "predictions.csv").open())])
+    y = np.array([row["actual"] == "dog" for row in csv.DictReader((out / "predictions.csv").open())])
+    assert scores["brier"] == pytest.approx(np.mean((p_dog - y) ** 2), abs=1e-6)
     assert sum(map(sum, scores["confusion_matrix"]["counts"])) == 12
     with (out / "predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -51,14 +57,16 @@ def test_evaluate_writes_metrics_plots_and_logs_to_the_training_run(evaluated: d
     accuracy = np.mean([row["actual"] == row["predicted"] for row in rows])
     assert accuracy == pytest.approx(scores["accuracy"])
     for figure in ("confusion_matrix.png", "confusion_matrix_normalized.png", "roc_curve.png",
-                   "worst_misclassified.png"):
+                   "reliability_diagram.png", "worst_misclassified.png"):
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
     run_id = json.loads((MODELS_DIR / name / "run.json").read_text())["run_id"]
     run = mlflow.MlflowClient(load_params().mlflow.tracking_uri).get_run(run_id)
     assert run.data.metrics["test_accuracy"] == pytest.approx(scores["accuracy"])
     artifacts = {a.path for a in mlflow.MlflowClient(load_params().mlflow.tracking_uri).list_artifacts(
         run_id, "evaluation")}
-    assert "evaluation/confusion_matrix.png" in artifacts and "evaluation/roc_curve.png" in artifacts
+    figures = {"evaluation/confusion_matrix.png", "evaluation/roc_curve.png", "evaluation/reliability_diagram.png"}
+    assert figures <= artifacts
+    assert run.data.metrics["test_ece"] == pytest.approx(scores["ece"]) and "test_temperature" not in run.data.metrics
 
 
 def test_report_table_and_figure(evaluated: dict, in_project: Path, tmp_path: Path) -> None:

@@ -26,11 +26,12 @@ CNN = CnnParams(centered_inputs=True, initializer="he_uniform")
 
 
 def test_book_parameter_counts_at_150() -> None:
-    assert count_params(build_scratch_cnn(150, 0.5, None, CNN)) == (3_453_121, 0)
+    """The book's counts, plus one frozen number per model: the calibration temperature."""
+    assert count_params(build_scratch_cnn(150, 0.5, None, CNN)) == (3_453_121, 1)
     vgg = build_vgg16_classifier(150, None, 0.5, None, 150)
-    assert count_params(vgg) == (2_097_665, 14_714_688)
+    assert count_params(vgg) == (2_097_665, 14_714_688 + 1)
     trainable, frozen = count_params(unfreeze_block5(vgg))
-    assert trainable == 9_177_089 and trainable + frozen == 2_097_665 + 14_714_688
+    assert trainable == 9_177_089 and trainable + frozen == 2_097_665 + 14_714_688 + 1
     base = vgg.get_layer("vgg16")
     assert [layer.name for layer in base.layers if layer.trainable and layer.weights] == [
         "block5_conv1", "block5_conv2", "block5_conv3"
@@ -71,8 +72,12 @@ def test_tail_shares_layers_with_the_classifier() -> None:
     activations = cut.predict(keras.applications.vgg16.preprocess_input(pixels.copy()), verbose=0)
     tail = tail_model(model, after=VGG16_CUT)
     np.testing.assert_allclose(tail.predict(activations, verbose=0), model.predict(pixels, verbose=0), rtol=1e-4)
-    tail.get_layer("p_dog").bias.assign([3.0])  # training the tail changes the classifier
-    assert float(model.get_layer("p_dog").bias.numpy()[0]) == 3.0
+    tail.get_layer("logit").bias.assign([3.0])  # training the tail changes the classifier
+    assert float(model.get_layer("logit").bias.numpy()[0]) == 3.0
+    logits = tail_model(model, after=VGG16_CUT, until="logit")  # the same layers up to the logit
+    model.get_layer("p_dog").temperature.assign(2.0)
+    np.testing.assert_allclose(tail.predict(activations, verbose=0),
+                               1 / (1 + np.exp(-logits.predict(activations, verbose=0) / 2.0)), rtol=1e-5)
 
 
 def test_vgg16_models_resize_pixels_to_the_input_size_inside_the_model() -> None:

@@ -48,8 +48,9 @@ def _constant_model(source: Path, dest: Path, p_dog: float) -> Path:
     """A copy of the trained model's files whose output is p_dog for every image (zero weights, a chosen bias)."""
     shutil.copytree(source, dest)
     model = keras.models.load_model(dest / "model.keras")
-    kernel, _ = model.get_layer("p_dog").get_weights()
-    model.get_layer("p_dog").set_weights([np.zeros_like(kernel), np.array([np.log(p_dog / (1 - p_dog))])])
+    kernel, _ = model.get_layer("logit").get_weights()
+    model.get_layer("logit").set_weights([np.zeros_like(kernel), np.array([np.log(p_dog / (1 - p_dog))])])
+    model.get_layer("p_dog").temperature.assign(1.0)
     model.save(dest / "model.keras")
     return dest
 

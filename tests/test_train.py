@@ -9,10 +9,12 @@ import keras
 import mlflow
 import numpy as np
 import pytest
+from sklearn.metrics import log_loss
 
 from catsdogs.config import BACKUP_DIR, FEATURES_DIR, MODEL_NAMES, MODELS_DIR, SPLITS_DIR, load_params
-from catsdogs.data import MissingInputError
+from catsdogs.data import MissingInputError, manifest_path, read_manifest
 from catsdogs.features import compute_features
+from catsdogs.images import load_pixels
 from catsdogs.models import build_scratch_cnn
 from catsdogs.train import compile_model, load_features, train_model
 from conftest import SIZE, make_params
@@ -82,6 +84,21 @@ def test_each_model_trains_and_logs_one_run(trained: dict, in_project: Path, nam
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
+def test_each_model_is_saved_calibrated_on_the_validation_set(trained: dict, in_project: Path, name: str) -> None:
+    """The temperature minimises the validation log loss (T = 1, the plain sigmoid, is a candidate), and the
+    saved model carries it: its validation log loss is the calibrated one."""
+    metrics = trained[name]
+    saved = keras.models.load_model(MODELS_DIR / name / "model.keras")
+    assert float(saved.get_layer("p_dog").temperature.numpy()) == pytest.approx(metrics["temperature"], rel=1e-6)
+    assert metrics["val_loss"] <= metrics["val_loss_uncalibrated"] + 1e-6
+    val = read_manifest(manifest_path("val", SPLITS_DIR))
+    pixels = np.stack([load_pixels(image.path, SIZE, 10**8) for image in val]).astype("float32")
+    y = np.array([image.label == "dog" for image in val])
+    p = saved.predict(pixels, verbose=0).reshape(-1).astype(np.float64)
+    assert log_loss(y, p, labels=[0, 1]) == pytest.approx(metrics["val_loss"], abs=2e-3)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_a_run_logs_its_own_settings_under_plain_names(trained: dict, in_project: Path, name: str) -> None:
     """Comparable across runs: the model's own section as epochs, learning_rate, ...; no other model's section."""
     params = load_params()
@@ -126,6 +143,9 @@ def test_fine_tuning_starts_from_the_feature_extraction_head(trained: dict, in_p
     assert head.kernel.shape == tuned.get_layer("head_dense").kernel.shape
     # One epoch at a learning rate of 1e-5 moves the head only a little from where it started.
     assert np.abs(head.kernel.numpy() - tuned.get_layer("head_dense").kernel.numpy()).max() < 0.05
+    # It trained on the plain logit, then got a temperature of its own (not feature extraction's)
+    fitted = float(tuned.get_layer("p_dog").temperature.numpy())
+    assert fitted == pytest.approx(trained["fine_tuning"]["temperature"], rel=1e-6)
 
 
 def test_augmented_starts_from_the_trained_scratch_cnn(trained: dict, in_project: Path) -> None:

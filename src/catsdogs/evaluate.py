@@ -3,8 +3,9 @@
     python -m catsdogs.evaluate {scratch|augmented|feature_extraction|fine_tuning}
 
 Reads models/<name>/{model.keras,run.json} and data/splits/test.csv. Writes evaluation/<name>/:
-metrics.json (accuracy, precision, recall, F1, ROC AUC, log loss, confusion matrix), predictions.csv
-(one row per test image, a DVC confusion plot) and figures (confusion matrices, ROC curve, the worst
+metrics.json (accuracy, precision, recall, F1, ROC AUC, log loss, Brier score, expected calibration
+error, the same two before calibration, confusion matrix), predictions.csv (one row per test image, a
+DVC confusion plot) and figures (confusion matrices, ROC curve, reliability diagram, the worst
 misclassified images); logs all of it into the model's own MLflow run.
 """
 
@@ -19,9 +20,12 @@ from pathlib import Path
 import keras
 import matplotlib
 import numpy as np
+from scipy.special import expit
 from sklearn import metrics as skm
+from sklearn.calibration import CalibrationDisplay
 
 from catsdogs import configure_logging
+from catsdogs.calibration import expected_calibration_error, logit_model, temperature
 from catsdogs.config import (
     EVALUATION_DIR,
     MODELS_DIR,
@@ -33,7 +37,7 @@ from catsdogs.config import (
 )
 from catsdogs.data import LabelledImage, MissingInputError, batched, image_dataset, manifest_path, read_manifest
 from catsdogs.images import read_rgb
-from catsdogs.layers import RandomAffine, VGG16Preprocess  # noqa: F401  (custom layers of the saved models)
+from catsdogs.layers import RandomAffine, TemperatureSigmoid, VGG16Preprocess  # noqa: F401  (custom layers of the saved models)
 from catsdogs.tracking import TRACKING_ERRORS, log_splits, mlflow, setup_mlflow, tracking_failure
 
 matplotlib.use("Agg")
@@ -65,15 +69,27 @@ def evaluate_model(params: Params, model_dir: Path, out_dir: Path) -> dict:
     class_names = tuple(run["class_names"])
     test = read_manifest(manifest_path("test", SPLITS_DIR))
     model = keras.models.load_model(model_dir / "model.keras")
-    dataset = image_dataset(test, class_names, params.image_size, params.split.max_pixels)
-    p_positive = model.predict(batched(dataset, 32), verbose=0).reshape(-1).astype(np.float64)
+    dataset = batched(image_dataset(test, class_names, params.image_size, params.split.max_pixels), 32)
     y_true = np.array([class_names.index(image.label) for image in test])
+    with_logits = logit_model(model)
+    uncalibrated = None
+    if with_logits is None:  # saved before calibration existed: its probability is all there is
+        p_positive = model.predict(dataset, verbose=0).reshape(-1).astype(np.float64)
+    else:
+        p, logits = with_logits.predict(dataset, verbose=0)
+        p_positive, uncalibrated = p.reshape(-1).astype(np.float64), expit(logits.reshape(-1).astype(np.float64))
 
     scores = score(y_true, p_positive, class_names)
+    scores["temperature"] = temperature(model)
+    if uncalibrated is not None:
+        scores["log_loss_uncalibrated"] = float(skm.log_loss(y_true, uncalibrated, labels=[0, 1]))
+        scores["ece_uncalibrated"] = expected_calibration_error(y_true, uncalibrated)
     figures = {
         "confusion_matrix.png": plot_confusion(y_true, p_positive, class_names, normalize=None),
         "confusion_matrix_normalized.png": plot_confusion(y_true, p_positive, class_names, normalize="true"),
         "roc_curve.png": plot_roc(y_true, p_positive, class_names),
+        "reliability_diagram.png": plot_reliability(y_true, p_positive, uncalibrated, class_names,
+                                                    scores["temperature"]),
         "worst_misclassified.png": plot_worst(test, y_true, p_positive, class_names, params.split.max_pixels),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -84,7 +100,7 @@ def evaluate_model(params: Params, model_dir: Path, out_dir: Path) -> dict:
 
     with mlflow.start_run(run_id=run["run_id"], log_system_metrics=True):
         log_splits(("test",), params.data.url)
-        mlflow.log_metrics({f"test_{k}": v for k, v in scores.items() if isinstance(v, float)})
+        mlflow.log_metrics({f"test_{k}": v for k, v in scores.items() if isinstance(v, float) and k != "temperature"})
         mlflow.log_dict(scores, "evaluation/test_metrics.json")
         for filename, figure in figures.items():
             mlflow.log_figure(figure, f"evaluation/{filename}")
@@ -105,6 +121,8 @@ def score(y_true: np.ndarray, p_positive: np.ndarray, class_names: tuple[str, ..
         "f1": float(skm.f1_score(y_true, y_pred, zero_division=0)),
         "roc_auc": float(skm.roc_auc_score(y_true, p_positive)) if len(set(y_true)) == 2 else float("nan"),
         "log_loss": float(skm.log_loss(y_true, p_positive, labels=[0, 1])),
+        "brier": float(skm.brier_score_loss(y_true, p_positive, pos_label=1)),
+        "ece": expected_calibration_error(y_true, p_positive),
         "images": int(len(y_true)),
         "positive_class": class_names[1],
         "confusion_matrix": {
@@ -130,6 +148,23 @@ def plot_roc(y_true, p_positive, class_names):
     display.ax_.set_title("Test ROC curve")
     display.ax_.legend(loc="lower right")
     return display.figure_
+
+
+def plot_reliability(y_true, p_positive, uncalibrated, class_names, fitted: float | None):
+    """Reliability diagram: the share of positives against the mean predicted probability, per bin of 0.1
+    (the bins of the ECE), for the model as saved and, dashed, its plain sigmoid before calibration."""
+    fig, ax = plt.subplots(figsize=(6, 6))
+    name = f"calibrated (T = {fitted:.2f})" if fitted is not None else "model"
+    CalibrationDisplay.from_predictions(y_true, p_positive, n_bins=10, name=name, ax=ax)
+    if uncalibrated is not None:
+        CalibrationDisplay.from_predictions(y_true, uncalibrated, n_bins=10, name="before calibration (T = 1)",
+                                            ax=ax, linestyle="--")
+    ax.set_xlabel(f"mean predicted p({class_names[1]})")
+    ax.set_ylabel(f"share of {class_names[1]}s")
+    ax.set_title("Test reliability diagram")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
 
 
 def plot_worst(images: list[LabelledImage], y_true, p_positive, class_names, max_pixels: int):

@@ -90,3 +90,26 @@ class RandomAffine(keras.layers.Layer):
             "fill_mode": self.fill_mode,
             "seed": self.seed,
         }
+
+
+@keras.saving.register_keras_serializable(package="catsdogs")
+class TemperatureSigmoid(keras.layers.Layer):
+    """The positive class's probability from the model's logit: sigmoid(logit / temperature).
+
+    The temperature is fitted on the validation set after training (catsdogs.calibration) and saved
+    with the model, so evaluation, prediction and serving all answer calibrated probabilities. It is
+    not trained: 1 (the plain sigmoid) while the weights are fitted.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # a bfloat16 sigmoid is too coarse near 0 and 1
+        super().__init__(**kwargs)
+
+    def build(self, input_shape) -> None:
+        self.temperature = self.add_weight(shape=(), initializer="ones", trainable=False, name="temperature")
+
+    def call(self, logits):
+        return keras.ops.sigmoid(keras.ops.cast(logits, self.compute_dtype) / self.temperature)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

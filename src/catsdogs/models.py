@@ -1,11 +1,12 @@
 """The study's four models. Each takes raw RGB pixels (0-255, image_size square) and preprocesses inside.
 
-- scratch / augmented: the book's small CNN (Conv 32-64-128-128, Dense 512, sigmoid), its pixel scaling
+- scratch / augmented: the book's small CNN (Conv 32-64-128-128, Dense 512, one output), its pixel scaling
   and initialisation set by the `cnn` params (default: the book's [0, 1] and Glorot; or [-1, 1] and He);
 - feature_extraction: the VGG16 conv base, frozen, with a new head (Flatten, Dense 256, sigmoid); the
   pixels are resized to pretrained.input_size first when it differs from image_size;
 - fine_tuning: the same with block5 trainable (started from the trained feature-extraction model).
-Augmentation, when given, is the first block of the model and is the identity at inference.
+Augmentation, when given, is the first block of the model and is the identity at inference. Each ends in
+a logit and its calibrated probability (`probability`): the model answers p(positive class).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 import keras
 
 import catsdogs
+from catsdogs.calibration import LOGIT_LAYER, PROBABILITY_LAYER
 from catsdogs.config import CnnParams
-from catsdogs.layers import VGG16Preprocess
+from catsdogs.layers import TemperatureSigmoid, VGG16Preprocess
 
 VGG16_URL_HINT = "set pretrained.weights to a local copy of the VGG16 'notop' .h5 weights file"
 # The frozen VGG16 layers up to here run once in the features stage; training starts after it.
@@ -64,9 +66,14 @@ def build_scratch_cnn(
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
     x = keras.layers.Dense(512, activation="relu", kernel_initializer=cnn.initializer, name="dense_512")(x)
-    # float32 output even under mixed precision: a bfloat16 sigmoid is too coarse near 0 and 1.
-    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="p_dog")(x)
-    return keras.Model(inputs, outputs, name="scratch_cnn")
+    return keras.Model(inputs, probability(x), name="scratch_cnn")
+
+
+def probability(x):
+    """Every model's last layers: one logit (Dense, float32 even under mixed precision), then the
+    positive class's probability, sigmoid(logit / temperature), the temperature fitted after training."""
+    logit = keras.layers.Dense(1, dtype="float32", name=LOGIT_LAYER)(x)
+    return TemperatureSigmoid(name=PROBABILITY_LAYER)(logit)
 
 
 def load_vgg16_base(weights: str | None, image_size: int) -> keras.Model:
@@ -109,8 +116,7 @@ def build_vgg16_classifier(
     x = keras.layers.Dense(256, activation="relu", name="head_dense")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="p_dog")(x)
-    return keras.Model(inputs, outputs, name="vgg16_classifier")
+    return keras.Model(inputs, probability(x), name="vgg16_classifier")
 
 
 def unfreeze_block5(model: keras.Model) -> keras.Model:
@@ -141,15 +147,15 @@ def count_params(model: keras.Model) -> tuple[int, int]:
 def tail_model(model: keras.Model, after: str, until: str | None = None) -> keras.Model:
     """The part of a VGG16 classifier after base layer `after`: its remaining base layers, then the head.
 
-    With `until`, stop at that base layer (no head). The tail shares the classifier's layers, so
-    training it trains the classifier: this is how the VGG16 models learn from cached activations.
+    With `until`, stop at that layer (of the base, or of the head: LOGIT_LAYER gives the logit). The tail
+    shares the classifier's layers, so training it trains the classifier: this is how the VGG16 models
+    learn from cached activations.
     """
     base = model.get_layer("vgg16")
     names = [layer.name for layer in base.layers]
-    stop = names.index(until) + 1 if until else len(names)
-    layers = base.layers[names.index(after) + 1 : stop]
-    if until is None:
-        layers += model.layers[model.layers.index(base) + 1 :]
+    layers = base.layers[names.index(after) + 1 :] + model.layers[model.layers.index(base) + 1 :]
+    if until:
+        layers = layers[: [layer.name for layer in layers].index(until) + 1]
     inputs = keras.Input(base.get_layer(after).output.shape[1:], name=f"{after}_activations")
     x = inputs
     for layer in layers:

@@ -4,8 +4,9 @@
 
 Reads params.yaml, data/splits/ (the CNNs, from pixels) or features/ (the VGG16 models, from the
 frozen base's cached activations) and, for fine_tuning, models/feature_extraction/model.keras.
-Writes models/<name>/model.keras (a full model taking raw pixels), history.csv, metrics.json and
-run.json (the MLflow run id, so that later stages log into the same run).
+Writes models/<name>/model.keras (a full model taking raw pixels, its probability calibrated on the
+validation set: catsdogs.calibration), history.csv, metrics.json and run.json (the MLflow run id, so
+that later stages log into the same run).
 An interrupted run resumes from .backup/<name>/ (Keras BackupAndRestore, the same MLflow run).
 """
 
@@ -27,6 +28,7 @@ from mlflow.keras import MlflowCallback
 
 from catsdogs import configure_logging, describe_machine
 from catsdogs.augment import build_augmentation
+from catsdogs.calibration import LOGIT_LAYER, fit_temperature, set_temperature
 from catsdogs.config import (
     BACKUP_DIR,
     FEATURES_DIR,
@@ -48,7 +50,7 @@ from catsdogs.data import (
     read_history,
     read_manifest,
 )
-from catsdogs.layers import RandomAffine, VGG16Preprocess
+from catsdogs.layers import RandomAffine, TemperatureSigmoid, VGG16Preprocess
 from catsdogs.models import (
     VGG16_CUT,
     VGG16_LAST,
@@ -112,10 +114,14 @@ def train_model(name: str, params: Params, out_dir: Path, backup_dir: Path) -> d
         else:
             log.info("resuming run %s from %s", resumed, backup_dir)
         history = fit(job.trained_part, job.train_data, job.val_data, params.models[name], backup_dir)
+        uncalibrated_val_loss = job.trained_part.evaluate(*_xy(job.val_data), verbose=0)[0]
+        temperature = calibrate(job, job.val_data)
         val_loss, val_accuracy = job.trained_part.evaluate(*_xy(job.val_data), verbose=0)
         metrics = {
             "val_accuracy": float(val_accuracy),
             "val_loss": float(val_loss),
+            "val_loss_uncalibrated": float(uncalibrated_val_loss),
+            "temperature": temperature,
             "best_epoch": int(np.argmin(history["val_loss"])) + 1,
             "epochs": len(history["val_loss"]),
             "train_seconds": round(time.perf_counter() - started, 1),
@@ -176,6 +182,7 @@ class TrainingJob:
 
     model: keras.Model  # raw pixels in: saved, logged, evaluated and served
     trained_part: keras.Model  # `model` itself, or its layers after the cached VGG16 cut (they share weights)
+    logit_part: keras.Model  # trained_part up to the logit (before the calibrated sigmoid)
     train_data: Data
     val_data: Data
     class_names: tuple[str, ...]
@@ -194,7 +201,8 @@ def cnn_job(params: Params, settings: ModelParams) -> TrainingJob:
                        shuffle_seed=params.train.seed)
     val_ds = batched(image_dataset(val, class_names, size, max_pixels), settings.batch_size)
     compile_model(model, settings, steps_per_epoch=int(train_ds.cardinality()))
-    return TrainingJob(model, model, train_ds, val_ds, class_names)
+    logit_part = keras.Model(model.inputs, model.get_layer(LOGIT_LAYER).output)
+    return TrainingJob(model, model, logit_part, train_ds, val_ds, class_names)
 
 
 def feature_extraction_job(params: Params, settings: ModelParams) -> TrainingJob:
@@ -205,16 +213,17 @@ def feature_extraction_job(params: Params, settings: ModelParams) -> TrainingJob
     block5 = tail_model(model, after=VGG16_CUT, until=VGG16_LAST)
     train = (block5.predict(features["train_x"], batch_size=64, verbose=0), features["train_y"])
     val = (block5.predict(features["val_x"], batch_size=64, verbose=0), features["val_y"])
-    return _activations_job(model, tail_model(model, after=VGG16_LAST), train, val, features, settings)
+    return _activations_job(model, VGG16_LAST, train, val, features, settings)
 
 
 def fine_tuning_job(params: Params, settings: ModelParams) -> TrainingJob:
     """The VGG16 classifier with block5 unfrozen, started from the trained feature-extraction model."""
     features = load_features(FEATURES_DIR, settings.augment, params.vgg16_input_size)
     start = load_trained(settings.init_from) if settings.init_from else _new_vgg16_classifier(params, settings)
+    set_temperature(start, 1.0)  # train on the plain logit; calibrated again afterwards
     model = unfreeze_block5(start)
     train, val = (features["train_x"], features["train_y"]), (features["val_x"], features["val_y"])
-    return _activations_job(model, tail_model(model, after=VGG16_CUT), train, val, features, settings)
+    return _activations_job(model, VGG16_CUT, train, val, features, settings)
 
 
 RECIPES: dict[str, Callable[[Params, ModelParams], TrainingJob]] = {
@@ -234,10 +243,13 @@ def _new_vgg16_classifier(params: Params, settings: ModelParams) -> keras.Model:
                                   _augmentation(params, settings), params.vgg16_input_size)
 
 
-def _activations_job(model: keras.Model, trained_part: keras.Model, train: tuple, val: tuple, features: dict,
+def _activations_job(model: keras.Model, after: str, train: tuple, val: tuple, features: dict,
                      settings: ModelParams) -> TrainingJob:
+    """Train `model`'s layers after base layer `after` on its cached activations."""
+    trained_part = tail_model(model, after=after)
     compile_model(trained_part, settings, steps_per_epoch=-(-len(train[1]) // settings.batch_size))
-    return TrainingJob(model, trained_part, train, val, tuple(features["class_names"]))
+    return TrainingJob(model, trained_part, tail_model(model, after=after, until=LOGIT_LAYER), train, val,
+                       tuple(features["class_names"]))
 
 
 def load_trained(name: str) -> keras.Model:
@@ -290,6 +302,22 @@ def float32_rows(path: Path, rows: int | None = None, chunk: int = 256):
     rows = len(cached) if rows is None else rows
     halves = tf.concat([tf.constant(cached[start : min(start + chunk, rows)]) for start in range(0, rows, chunk)], 0)
     return tf.cast(halves, tf.float32)
+
+
+def calibrate(job: TrainingJob, val_data) -> float:
+    """Fit the temperature of the model's probability layer on the validation set (log loss); returns it.
+
+    Labels are unchanged (the logits keep their order); val_loss after it is the calibrated model's.
+    """
+    if isinstance(val_data, tuple):
+        logits, labels = job.logit_part.predict(val_data[0], batch_size=64, verbose=0), np.asarray(val_data[1])
+    else:
+        batches = [(job.logit_part.predict_on_batch(x), y.numpy()) for x, y in val_data]
+        logits, labels = (np.concatenate(part) for part in zip(*batches, strict=True))
+    value = fit_temperature(logits, labels)
+    set_temperature(job.model, value)
+    log.info("calibration: temperature %.3f (fitted on %d validation images)", value, len(labels))
+    return value
 
 
 def compile_model(model: keras.Model, settings: ModelParams, steps_per_epoch: int) -> None:
@@ -373,7 +401,8 @@ def log_model(model: keras.Model, val_data, class_names: tuple[str, ...]):
     # fails to write an input example); custom_objects lets loaders find the custom layers.
     return mlflow.tensorflow.log_model(
         model, name="model", signature=signature, input_example=example,
-        custom_objects={"VGG16Preprocess": VGG16Preprocess, "RandomAffine": RandomAffine},
+        custom_objects={"VGG16Preprocess": VGG16Preprocess, "RandomAffine": RandomAffine,
+                        "TemperatureSigmoid": TemperatureSigmoid},
         metadata={"class_names": list(class_names), "positive_class": class_names[1]},
         pip_requirements=model_requirements(),
     )
