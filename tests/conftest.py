@@ -253,10 +253,11 @@ def in_project(tiny_project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def champion(trained: dict, tiny_project: Path) -> dict:
-    """The fine-tuned tiny model evaluated and registered once as models:/catsdogs@champion."""
+    """The fine-tuned tiny model evaluated, compressed to int8 and registered once as models:/catsdogs@champion."""
     import mlflow
 
-    from catsdogs.config import EVALUATION_DIR, MODELS_DIR, load_params
+    from catsdogs.compress import compress_model
+    from catsdogs.config import COMPRESSED_DIR, EVALUATION_DIR, MODELS_DIR, load_params
     from catsdogs.evaluate import evaluate_model
     from catsdogs.register import register_model
 
@@ -264,4 +265,5 @@ def champion(trained: dict, tiny_project: Path) -> dict:
         params = load_params()
         mlflow.set_tracking_uri(params.mlflow.tracking_uri)
         evaluate_model(params, MODELS_DIR / "fine_tuning", EVALUATION_DIR / "fine_tuning")
+        compress_model(params, MODELS_DIR / "fine_tuning", COMPRESSED_DIR)
         return register_model(params, MODELS_DIR / "fine_tuning", EVALUATION_DIR / "fine_tuning")

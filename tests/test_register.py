@@ -16,9 +16,11 @@ import pandas as pd
 import pytest
 
 from catsdogs import synthetic
-from catsdogs.config import EVALUATION_DIR, MODELS_DIR, load_params
+from catsdogs.config import COMPRESSED_DIR, EVALUATION_DIR, MODELS_DIR, load_params
+from catsdogs.data import MissingInputError
 from catsdogs.images import load_pixels
-from catsdogs.register import register_model
+from catsdogs.int8 import Int8Model
+from catsdogs.register import int8_folder, register_model
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def test_the_gate_knows_a_loss_is_better_lower(champion: dict, in_project: Path,
     the same answers, so the same accuracy, but a lower log loss. Under a registered name of its own, from
     copies of the model's files: the session's champion and the project's files stay as they were."""
     params = load_params()
-    rule = dataclasses.replace(params.register, name="catsdogs-gate", metric="val_loss")
+    rule = dataclasses.replace(params.register, name="catsdogs-gate", metric="val_loss", int8=False)
     params = dataclasses.replace(params, register=rule)
     sure = _constant_model(MODELS_DIR / "fine_tuning", tmp_path / "sure" / "fine_tuning", 0.99)
     unsure = _constant_model(MODELS_DIR / "fine_tuning", tmp_path / "unsure" / "fine_tuning", 0.5)
@@ -82,7 +84,7 @@ def test_the_gate_knows_a_loss_is_better_lower(champion: dict, in_project: Path,
 
 def test_a_version_below_the_floor_never_takes_the_alias(trained: dict, in_project: Path, tmp_path: Path) -> None:
     params = load_params()
-    rule = dataclasses.replace(params.register, name="catsdogs-floor", min_val_accuracy=0.99)
+    rule = dataclasses.replace(params.register, name="catsdogs-floor", min_val_accuracy=0.99, int8=False)
     params = dataclasses.replace(params, register=rule)
     constant = _constant_model(MODELS_DIR / "fine_tuning", tmp_path / "constant" / "fine_tuning", 0.7)
     result = register_model(params, constant, EVALUATION_DIR / "fine_tuning")
@@ -130,7 +132,9 @@ def test_version_carries_metrics_data_hash_and_commit(registered: list[dict], in
     assert "test accuracy" in version.description
 
 
-def test_pyfunc_takes_image_files_and_matches_keras(registered: list[dict], in_project: Path) -> None:
+def test_pyfunc_takes_image_files_and_runs_the_int8_copy(registered: list[dict], in_project: Path) -> None:
+    """The champion is the int8 copy (register.int8): its answers are the OpenVINO model's, and close to the
+    Keras model's it was quantized from."""
     rng = np.random.default_rng(3)
     photo = synthetic.make_photo(rng)
     files = [synthetic.encode(photo)] + list(synthetic.odd_images(rng).values())
@@ -139,10 +143,39 @@ def test_pyfunc_takes_image_files_and_matches_keras(registered: list[dict], in_p
     assert list(result.columns) == ["label", "p_cat", "p_dog"]
     assert result["p_dog"].dtype == np.float64 and set(result["label"]) <= {"cat", "dog"}
     np.testing.assert_allclose(result["p_cat"] + result["p_dog"], 1.0)
-    keras_model = keras.models.load_model(MODELS_DIR / "fine_tuning" / "model.keras")
     pixels = np.stack([load_pixels(f, 48, 10**6) for f in files]).astype("float32")
-    np.testing.assert_allclose(result["p_dog"], keras_model.predict(pixels, verbose=0).reshape(-1), rtol=1e-5)
+    np.testing.assert_allclose(result["p_dog"], Int8Model(COMPRESSED_DIR / "model.xml").predict(pixels), rtol=1e-6)
+    keras_model = keras.models.load_model(MODELS_DIR / "fine_tuning" / "model.keras")
+    np.testing.assert_allclose(result["p_dog"], keras_model.predict(pixels, verbose=0).reshape(-1), atol=0.01)
     assert list(result["label"]) == ["dog" if p >= 0.5 else "cat" for p in result["p_dog"]]
+    version = mlflow.MlflowClient().get_model_version("catsdogs", registered[0]["version"])
+    assert version.tags["format"] == "int8 (OpenVINO)" and "int8 copy" in version.description
+
+
+def test_with_int8_off_the_pyfunc_runs_the_keras_model(trained: dict, in_project: Path) -> None:
+    params = load_params()
+    params = dataclasses.replace(params, register=dataclasses.replace(params.register, name="catsdogs-keras",
+                                                                      int8=False, min_delta=1e-6))
+    result = register_model(params, MODELS_DIR / "fine_tuning", EVALUATION_DIR / "fine_tuning")
+    rng = np.random.default_rng(4)
+    files = [synthetic.encode(synthetic.make_photo(rng)) for _ in range(3)]
+    answer = mlflow.pyfunc.load_model(result["model_uri"]).predict(
+        pd.DataFrame({"image": [base64.b64encode(f).decode() for f in files]}))
+    pixels = np.stack([load_pixels(f, 48, 10**6) for f in files]).astype("float32")
+    keras_model = keras.models.load_model(MODELS_DIR / "fine_tuning" / "model.keras")
+    np.testing.assert_allclose(answer["p_dog"], keras_model.predict(pixels, verbose=0).reshape(-1), rtol=1e-5)
+    assert mlflow.MlflowClient().get_model_version("catsdogs-keras", result["version"]).tags["format"] == "keras"
+
+
+def test_int8_registration_needs_the_compressed_copy_of_this_model(trained: dict, in_project: Path,
+                                                                   tmp_path: Path) -> None:
+    with pytest.raises(MissingInputError, match="dvc repro compress"):
+        int8_folder(MODELS_DIR / "fine_tuning", tmp_path / "nothing")
+    other = tmp_path / "compressed"
+    shutil.copytree(COMPRESSED_DIR, other)
+    (other / "metrics.json").write_text(json.dumps({"model": "feature_extraction"}))
+    with pytest.raises(MissingInputError, match="int8 copy of 'feature_extraction', not of 'fine_tuning'"):
+        int8_folder(MODELS_DIR / "fine_tuning", other)
 
 
 class _LegacyClassifier(mlflow.pyfunc.PythonModel):

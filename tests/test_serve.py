@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from mlflow.exceptions import MlflowException
 
 from bench.harness import served_model
 from catsdogs import synthetic
+from catsdogs.serve import CallBatcher
 
 
 def _b64(data: bytes) -> str:
@@ -121,3 +124,54 @@ def test_pyfunc_batch_mode_gives_each_bad_image_its_error(pyfunc) -> None:
     assert len(many) == 70 and (many["error"] == "").all(), "no per-request limit when scoring in batches"
     with pytest.raises(MlflowException, match="params.errors must be"):
         pyfunc.predict(pd.DataFrame({"image": good}), params={"errors": "ignore"})
+
+
+def test_concurrent_requests_share_model_calls_one_at_a_time() -> None:
+    """The scoring server's threads: each caller gets its own answers, calls never overlap, and the callers
+    that wait are served together (fewer calls than callers)."""
+    calls: list[int] = []
+    running = [0]
+    overlapped = []
+    lock = threading.Lock()
+
+    def model(pixels: np.ndarray) -> np.ndarray:
+        with lock:
+            running[0] += 1
+            overlapped.append(running[0] > 1)
+            calls.append(len(pixels))
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return pixels.reshape(len(pixels), -1).sum(axis=1)
+
+    batcher = CallBatcher(model, max_images=6)
+    inputs = [np.full((1 + i % 2, 2, 2, 1), float(i)) for i in range(8)]
+    answers: dict[int, np.ndarray] = {}
+
+    def call(i: int) -> None:
+        answers[i] = batcher(inputs[i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i, x in enumerate(inputs):
+        np.testing.assert_array_equal(answers[i], np.full(len(x), 4.0 * i))
+    assert not any(overlapped) and sum(calls) == sum(len(x) for x in inputs) == 12
+    assert len(calls) < 8 and max(calls) <= 6
+
+
+def test_a_failed_model_call_fails_its_callers_and_the_next_call_works() -> None:
+    state = {"fail": True}
+
+    def model(pixels: np.ndarray) -> np.ndarray:
+        if state["fail"]:
+            raise RuntimeError("out of memory")
+        return np.zeros(len(pixels))
+
+    batcher = CallBatcher(model, max_images=4)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        batcher(np.zeros((2, 1)))
+    state["fail"] = False
+    np.testing.assert_array_equal(batcher(np.zeros((3, 1))), np.zeros(3))

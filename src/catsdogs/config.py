@@ -23,6 +23,7 @@ SPLITS_DIR = Path("data/splits")
 SPLIT_NAMES = ("train", "val", "test")
 MODELS_DIR = Path("models")
 FEATURES_DIR = Path("features")
+COMPRESSED_DIR = MODELS_DIR / "compressed"  # the int8 copy of the registered model (stage compress)
 EVALUATION_DIR = Path("evaluation")
 REPORTS_DIR = Path("reports")
 BACKUP_DIR = Path(".backup")  # interrupted training resumes from here; outside DVC's outputs
@@ -201,6 +202,16 @@ class MlflowParams:
 
 
 @dataclass(frozen=True)
+class CompressParams:
+    """The int8 copy of the registered model (catsdogs.int8): how many training images calibrate it."""
+
+    calibration_images: int  # training images (seeded choice) whose activations set the int8 ranges
+
+    def __post_init__(self) -> None:
+        _require(self.calibration_images > 0, f"compress.calibration_images must be > 0, got {self.calibration_images}")
+
+
+@dataclass(frozen=True)
 class RegisterParams:
     """Which model is registered, under what name, and the validation gate that moves the alias (data, not code).
 
@@ -215,6 +226,7 @@ class RegisterParams:
     min_delta: float  # the least improvement on `metric` over the holder (> 0)
     min_val_accuracy: float | None  # floor on validation accuracy; None: none
     max_val_loss: float | None  # ceiling on validation log loss; None: none
+    int8: bool  # register the int8 copy (models/compressed) instead of the Keras model
 
     def __post_init__(self) -> None:
         _one_of("register.model", self.model, MODEL_NAMES)
@@ -238,6 +250,7 @@ class Params:
     train: TrainParams
     models: dict[str, ModelParams]
     mlflow: MlflowParams
+    compress: CompressParams
     register: RegisterParams
 
     def __post_init__(self) -> None:

@@ -1,8 +1,9 @@
 """Stage `register`: registers the fine-tuned model as an image-taking pyfunc; a validation gate moves the alias.
 
 Reads models/<register.model>/{model.keras,run.json,metrics.json}, evaluation/<register.model>/
-metrics.json and data/splits/val.csv. Logs the pyfunc (catsdogs.serve.ImageClassifier wrapping the
-.keras file) into the model's training run and registers it as register.name: every run gets a version.
+metrics.json, models/compressed/ (its int8 copy) and data/splits/val.csv. Logs the pyfunc
+(catsdogs.serve.ImageClassifier wrapping the int8 copy, or with register.int8 false the .keras file)
+into the model's training run and registers it as register.name: every run gets a version.
 The validation gate then scores that version, and the alias's holder, on the current validation
 split with MLflow's model evaluation (one nested run each, under the training run) and checks
 them with mlflow.validate_evaluation_results: the alias (register.alias) moves only when the new
@@ -14,6 +15,7 @@ Writes models/registered.json.
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import json
 import logging
 import sys
@@ -33,6 +35,7 @@ from sklearn.exceptions import UndefinedMetricWarning
 import catsdogs
 from catsdogs import configure_logging, synthetic
 from catsdogs.config import (
+    COMPRESSED_DIR,
     EVALUATION_DIR,
     GATE_METRICS,
     MODELS_DIR,
@@ -43,6 +46,7 @@ from catsdogs.config import (
     load_params,
 )
 from catsdogs.data import MissingInputError, manifest_path, read_manifest
+from catsdogs.int8 import XML
 from catsdogs.serve import COLUMN, ImageClassifier, signature
 from catsdogs.tracking import (
     TRACKING_ERRORS,
@@ -76,13 +80,13 @@ def main() -> None:
 def register_model(params: Params, model_dir: Path, evaluation_dir: Path, splits_dir: Path = SPLITS_DIR) -> dict:
     rule = params.register
     run, validation, test = read_inputs(model_dir, evaluation_dir)
-    info, training_tags = log_classifier(params, model_dir / "model.keras", run)
+    info, training_tags = log_classifier(params, model_dir, run)
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
     describe_registered_model(client, rule, run["class_names"])
     holder = current_holder(client, rule.name, rule.alias)
     verdict = validation_gate(params, run, version, holder, splits_dir)
-    tag_version(client, rule.name, version, model_dir.name, validation, test, training_tags, verdict)
+    tag_version(client, rule.name, version, model_dir.name, validation, test, training_tags, verdict, rule.int8)
     if verdict.passed:
         client.set_registered_model_alias(rule.name, rule.alias, version)
     alias_version = version if verdict.passed else str(holder.version) if holder is not None else None
@@ -109,21 +113,41 @@ def read_inputs(model_dir: Path, evaluation_dir: Path) -> tuple[dict, dict, dict
     return run, validation, test
 
 
-def log_classifier(params: Params, keras_file: Path, run: dict):
-    """Log the image-taking pyfunc into the model's training run and register it; (model info, the run's tags)."""
+def log_classifier(params: Params, model_dir: Path, run: dict, compressed_dir: Path = COMPRESSED_DIR):
+    """Log the image-taking pyfunc into the model's training run and register it; (model info, the run's tags).
+
+    It runs the int8 copy (register.int8, stage compress) or the trained .keras file.
+    """
+    artifacts = {"keras_model": str(model_dir / "model.keras")}
+    requirements = model_requirements()
+    if params.register.int8:
+        artifacts = {"int8_model": str(int8_folder(model_dir, compressed_dir))}
+        requirements.append(f"openvino=={importlib.metadata.version('openvino')}")
     with mlflow.start_run(run_id=run["run_id"]) as active:
         info = mlflow.pyfunc.log_model(
             name="classifier",
             python_model=ImageClassifier(),
-            artifacts={"keras_model": str(keras_file)},
+            artifacts=artifacts,
             model_config={"class_names": run["class_names"], "max_pixels": params.split.max_pixels},
             code_paths=[str(Path(catsdogs.__file__).parent)],
             signature=signature(run["class_names"]),
             input_example=pd.DataFrame({COLUMN: [_example_image()]}),
-            pip_requirements=model_requirements(),
+            pip_requirements=requirements,
             registered_model_name=params.register.name,
         )
         return info, active.data.tags
+
+
+def int8_folder(model_dir: Path, compressed_dir: Path) -> Path:
+    """models/compressed, checked to hold the int8 copy of this model (not of another register.model)."""
+    metrics_file = compressed_dir / "metrics.json"
+    if not (compressed_dir / XML).is_file() or not metrics_file.is_file():
+        raise MissingInputError(f"{compressed_dir / XML} is missing; run: dvc repro compress")
+    source = json.loads(metrics_file.read_text()).get("model")
+    if source != model_dir.name:
+        raise MissingInputError(f"{compressed_dir} holds the int8 copy of {source!r}, not of {model_dir.name!r}; "
+                                "run: dvc repro compress")
+    return compressed_dir
 
 
 @dataclass(frozen=True)
@@ -251,10 +275,11 @@ def describe_registered_model(client: mlflow.MlflowClient, rule: RegisterParams,
 
 
 def tag_version(client: mlflow.MlflowClient, name: str, version: str, source_model: str, validation: dict,
-                test: dict, training_tags: dict, verdict: Verdict) -> None:
-    """The version's tags (the gate's verdict and reason, its metrics rounded, data hash, commit) and a one-line
-    description."""
+                test: dict, training_tags: dict, verdict: Verdict, int8: bool = False) -> None:
+    """The version's tags (the gate's verdict and reason, its metrics rounded, data hash, commit, format) and a
+    one-line description. test_* are the trained model's (evaluate); the gate's val_* are this version's own."""
     tags = {
+        "format": "int8 (OpenVINO)" if int8 else "keras",
         "gate": "promoted" if verdict.passed else "refused",
         "gate_reason": verdict.reason,
         **verdict.candidate,
@@ -269,8 +294,9 @@ def tag_version(client: mlflow.MlflowClient, name: str, version: str, source_mod
     client.update_model_version(
         name, version,
         description=(
-            f"{source_model}: validation accuracy {verdict.candidate['val_accuracy']:.4f}, test accuracy "
-            f"{test['accuracy']:.4f} on {test['images']} held-out images; gate: {tags['gate']}. Data "
+            f"{source_model}{', int8 copy' if int8 else ''}: validation accuracy "
+            f"{verdict.candidate['val_accuracy']:.4f}, test accuracy {test['accuracy']:.4f} on {test['images']} "
+            f"held-out images{' (the trained model)' if int8 else ''}; gate: {tags['gate']}. Data "
             f"{tags['data_hash'][:12]}, commit {tags['git_commit'][:12]}. Input: base64 image files; output: label "
             f"and {', '.join(f'p_{name}' for name in test['confusion_matrix']['labels'])}."
         ),

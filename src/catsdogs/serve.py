@@ -10,7 +10,8 @@ WebP...; any size and colour mode), in any of MLflow's request shapes:
 Output, one row per image: `label` (e.g. "cat" / "dog") and `p_<class>`, the probability of each
 class. Bad input raises MlflowException(INVALID_PARAMETER_VALUE), which the scoring server turns
 into an HTTP 400 naming the problem; no URL is ever fetched.
-Imports no training code: decoding is catsdogs.images, the model is the trained .keras file.
+Imports no training code: decoding is catsdogs.images, the model is the int8 copy of the trained model
+(catsdogs.int8, OpenVINO) or the trained .keras file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import base64
 import binascii
 import os
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import mlflow
@@ -53,18 +56,35 @@ def signature(class_names: list[str]) -> ModelSignature:
 
 
 class ImageClassifier(PythonModel):
-    """model_config: class_names (negative, positive), max_pixels; the image size is the saved model's input."""
+    """model_config: class_names (negative, positive), max_pixels; the image size is the saved model's input.
+
+    Artifacts: `int8_model` (a folder with the int8 OpenVINO model.xml / model.bin: catsdogs.int8) or
+    `keras_model` (the trained .keras file). Both answer the same calibrated probability.
+    """
 
     def load_context(self, context: PythonModelContext) -> None:
-        import keras
-
-        from catsdogs import layers  # noqa: F401  registers the custom layers the .keras file uses
-
-        self.model = keras.models.load_model(context.artifacts["keras_model"])
         config = context.model_config
         self.class_names = list(config["class_names"])
-        self.image_size = int(self.model.input_shape[1])
         self.max_pixels = int(config["max_pixels"])
+        if "int8_model" in context.artifacts:
+            from catsdogs.int8 import XML, Int8Model
+
+            int8 = Int8Model(os.path.join(context.artifacts["int8_model"], XML))
+            self.model: Any = int8
+            self.image_size = int8.image_size
+            predict = int8.predict
+        else:
+            import keras
+
+            from catsdogs import layers  # noqa: F401  registers the custom layers the .keras file uses
+
+            self.model = keras.models.load_model(context.artifacts["keras_model"])
+            self.image_size = int(self.model.input_shape[1])
+            # predict_on_batch: one graph call; predict() would build a tf.data pipeline for every request
+            predict = self.model.predict_on_batch
+        self._predict_batch = CallBatcher(lambda x: np.asarray(predict(x)).reshape(-1), MAX_IMAGES_PER_REQUEST)
+        # Warm-up: the first call builds the kernels; the first request should not wait for it.
+        self._p_positive(np.zeros((1, self.image_size, self.image_size, 3), np.float32))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         errors = (params or {}).get("errors", "raise")
@@ -98,8 +118,7 @@ class ImageClassifier(PythonModel):
     def _p_positive(self, pixels: np.ndarray) -> np.ndarray:
         """The positive class's probability, MAX_IMAGES_PER_REQUEST images per model call at most."""
         chunks = [
-            # predict_on_batch: one graph call; predict() would build a tf.data pipeline for every request
-            np.asarray(self.model.predict_on_batch(pixels[i : i + MAX_IMAGES_PER_REQUEST].astype(np.float32)))
+            np.asarray(self._predict_batch(pixels[i : i + MAX_IMAGES_PER_REQUEST].astype(np.float32)))
             for i in range(0, len(pixels), MAX_IMAGES_PER_REQUEST)
         ]
         return np.concatenate(chunks).reshape(-1).astype(np.float64)
@@ -118,6 +137,70 @@ class ImageClassifier(PythonModel):
             return load_pixels(data, self.image_size, self.max_pixels)
         except ImageError as err:
             raise _bad_request(f"image {index}: {err}") from None
+
+
+class CallBatcher:
+    """One model call at a time; the requests that arrive during a call go through the next call together.
+
+    The scoring server runs each request's predict in a thread of its own. Two model calls at once would
+    each claim every core; queued instead, the requests that arrive while the model runs are stacked into
+    one batch (up to max_images) for its next call, which is cheaper per image than one call each.
+    """
+
+    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], max_images: int):
+        self._predict, self._max_images = predict, max_images
+        self._queue: list[_Job] = []
+        self._busy = False
+        self._changed = threading.Condition()
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        job, jobs = _Job(pixels), []
+        with self._changed:
+            self._queue.append(job)
+            while self._busy and not job.done:
+                self._changed.wait()
+            if not job.done:  # the model is free and no call took this job: run it, with what else is queued
+                self._busy = True
+                jobs = self._take(job)
+        if jobs:
+            self._run(jobs)
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    def _take(self, first: _Job) -> list[_Job]:
+        jobs, size = [first], len(first.pixels)
+        for job in self._queue:
+            if job is not first and size + len(job.pixels) <= self._max_images:
+                jobs.append(job)
+                size += len(job.pixels)
+        self._queue = [job for job in self._queue if all(job is not taken for taken in jobs)]
+        return jobs
+
+    def _run(self, jobs: list[_Job]) -> None:
+        try:
+            p = self._predict(np.concatenate([job.pixels for job in jobs]))
+            start = 0
+            for job in jobs:
+                job.result, start = p[start : start + len(job.pixels)], start + len(job.pixels)
+        except Exception as err:  # every request of the batch gets the model's error
+            for job in jobs:
+                job.error = err
+        finally:
+            with self._changed:
+                for job in jobs:
+                    job.done = True
+                self._busy = False
+                self._changed.notify_all()
+
+
+class _Job:
+    def __init__(self, pixels: np.ndarray):
+        self.pixels = pixels
+        self.result: np.ndarray | None = None
+        self.error: Exception | None = None
+        self.done = False  # set under CallBatcher's condition
 
 
 def _images(model_input: Any, limit: int | None) -> list:

@@ -1,0 +1,102 @@
+"""Stage `compress`: the model that register serves (register.model), quantized to int8 (catsdogs.int8).
+
+    python -m catsdogs.compress
+
+Reads models/<register.model>/{model.keras,run.json}, data/splits/train.csv (compress.calibration_images
+of them, a seeded choice) and data/splits/val.csv. Writes models/compressed/: model.xml and model.bin
+(OpenVINO) and metrics.json: the validation accuracy and log loss of the int8 model and of the model it
+came from, and the share of validation images the two label alike. Logs those into the model's
+training run (int8_* metrics). The test split stays for evaluation and the benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from sklearn import metrics as skm
+
+from catsdogs import configure_logging
+from catsdogs.config import COMPRESSED_DIR, MODELS_DIR, SPLITS_DIR, ConfigError, Params, load_params
+from catsdogs.data import LabelledImage, MissingInputError, manifest_path, read_manifest
+from catsdogs.images import load_pixels
+from catsdogs.int8 import XML, Int8Model, quantize, save
+from catsdogs.layers import RandomAffine, TemperatureSigmoid, VGG16Preprocess  # noqa: F401  (the saved model's layers)
+from catsdogs.tracking import TRACKING_ERRORS, mlflow, setup_mlflow, tracking_failure
+
+log = logging.getLogger(__name__)
+
+BATCH = 32
+
+
+def main() -> None:
+    configure_logging()
+    params = load_params()
+    try:
+        setup_mlflow(params.mlflow)
+        compress_model(params, MODELS_DIR / params.register.model, COMPRESSED_DIR)
+    except (MissingInputError, ConfigError) as err:
+        sys.exit(f"compress: {err}")
+    except TRACKING_ERRORS as err:
+        sys.exit(f"compress: {tracking_failure(err)}")
+
+
+def compress_model(params: Params, model_dir: Path, out_dir: Path, splits_dir: Path = SPLITS_DIR) -> dict:
+    for required in ("model.keras", "run.json"):
+        if not (model_dir / required).is_file():
+            raise MissingInputError(f"{model_dir / required} is missing; run: dvc repro train_{model_dir.name}")
+    run = json.loads((model_dir / "run.json").read_text())
+    class_names = tuple(run["class_names"])
+    model = keras.models.load_model(model_dir / "model.keras")
+    size, max_pixels = model.input_shape[1], params.split.max_pixels
+    train = read_manifest(manifest_path("train", splits_dir))
+    chosen = np.random.default_rng(params.train.seed).choice(
+        len(train), min(params.compress.calibration_images, len(train)), replace=False)
+    calibration, _ = _pixels([train[i] for i in sorted(chosen)], class_names, size, max_pixels)
+    val_pixels, y = _pixels(read_manifest(manifest_path("val", splits_dir)), class_names, size, max_pixels)
+
+    started = time.perf_counter()
+    log.info("compress: quantizing %s to int8 on %d training images", model_dir.name, len(calibration))
+    save(quantize(model, calibration), out_dir)
+    seconds = time.perf_counter() - started
+    int8 = Int8Model(out_dir / XML)
+    p_int8 = np.concatenate([int8.predict(val_pixels[i : i + BATCH]) for i in range(0, len(y), BATCH)])
+    p_keras = model.predict(val_pixels, batch_size=BATCH, verbose=0).reshape(-1).astype(np.float64)
+    metrics: dict[str, Any] = {
+        "model": model_dir.name,
+        "val_accuracy": _accuracy(y, p_int8),
+        "val_loss": float(skm.log_loss(y, p_int8, labels=[0, 1])),
+        "source_val_accuracy": _accuracy(y, p_keras),
+        "source_val_loss": float(skm.log_loss(y, p_keras, labels=[0, 1])),
+        "label_agreement": float(np.mean((p_int8 >= 0.5) == (p_keras >= 0.5))),
+        "calibration_images": len(calibration),
+        "seconds": round(seconds, 1),
+    }
+    (out_dir / ".metrics.json.partial").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out_dir / ".metrics.json.partial").replace(out_dir / "metrics.json")
+    with mlflow.start_run(run_id=run["run_id"]):
+        mlflow.log_metrics({f"int8_{key}": float(value) for key, value in metrics.items()
+                            if isinstance(value, float)})
+    log.info("compress: int8 val_accuracy %.4f (the Keras model: %.4f), labels agree on %.1f%%, %.0fs",
+             metrics["val_accuracy"], metrics["source_val_accuracy"], 100 * metrics["label_agreement"], seconds)
+    return metrics
+
+
+def _pixels(images: list[LabelledImage], class_names: tuple[str, ...], size: int,
+            max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    pixels = np.stack([load_pixels(image.path, size, max_pixels) for image in images]).astype(np.float32)
+    return pixels, np.array([class_names.index(image.label) for image in images])
+
+
+def _accuracy(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.mean((p >= 0.5).astype(int) == y))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""A trained model compressed to int8 for serving: OpenVINO's runtime and NNCF's post-training quantization.
+
+`quantize` turns a saved Keras model into an OpenVINO model whose convolutions and dense layers run in
+int8: the same input (raw 0-255 pixels, image_size square) and the same output (the calibrated
+p(positive class)). NNCF measures each layer's activation range on a few hundred training images and
+corrects the biases that rounding shifts; nothing is retrained. `Int8Model` runs the saved result
+(model.xml + model.bin) and is safe to call from several threads at once, as the scoring server does.
+Why int8 and what it costs in accuracy: reports/decisions.md ("A champion twice as cheap").
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# NNCF sends usage statistics unless told it runs in CI (its only switch); OpenVINO's own telemetry
+# asks for consent and is off without it.
+os.environ.setdefault("NNCF_CI", "1")
+
+XML, BIN = "model.xml", "model.bin"
+
+
+def float32_copy(model: Any) -> Any:
+    """The same Keras model and weights with every layer computing in float32 (a mixed-precision model casts
+    to bfloat16 inside; the quantizer wants float32 ranges). Augmentation layers stay the identity."""
+    import keras
+
+    copy = keras.Model.from_config(_float32_config(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _float32_config(config: Any) -> Any:
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and str(config["config"].get("name", "")).startswith("mixed_"):
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {key: _float32_config(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_float32_config(value) for value in config]
+    return config
+
+
+def quantize(model: Any, calibration_pixels: np.ndarray) -> Any:
+    """An int8 OpenVINO model of the Keras `model`, its activation ranges measured on calibration_pixels
+    (N, size, size, 3 float32 raw pixels). Returns an openvino.Model (save it with save)."""
+    import nncf
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory(prefix="catsdogs-export-") as folder:
+        float32_copy(model).export(folder, format="tf_saved_model", verbose=False)
+        converted = ov.convert_model(folder)
+    size = model.input_shape[1:]
+    converted.reshape([-1, *size])  # any batch size
+    samples = nncf.Dataset([calibration_pixels[i : i + 1] for i in range(len(calibration_pixels))])
+    return nncf.quantize(converted, samples, subset_size=len(calibration_pixels),
+                         preset=nncf.QuantizationPreset.PERFORMANCE)
+
+
+def save(ov_model: Any, folder: Path) -> None:
+    """model.xml and model.bin in `folder`, written beside their names and renamed (DVC never sees half)."""
+    import openvino as ov
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov_model, folder / f".partial.{XML}")
+    (folder / f".partial.{BIN}").replace(folder / BIN)
+    (folder / f".partial.{XML}").replace(folder / XML)
+
+
+class Int8Model:
+    """p(positive class) from raw pixels with a saved int8 model (model.xml; model.bin beside it).
+
+    One OpenVINO compiled model, one inference request per calling thread: concurrent requests of the
+    scoring server run side by side instead of sharing (and corrupting) one request's buffers.
+    """
+
+    def __init__(self, xml: Path | str, threads: int | None = None):
+        import openvino as ov
+
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = ov.Core().compile_model(str(xml), "CPU", config)
+        self.image_size = int(self.compiled.input(0).get_partial_shape()[1].get_length())
+        self._local = threading.local()
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, size, size, 3) pixels -> N probabilities (float64)."""
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        result = request.infer({0: np.ascontiguousarray(pixels, dtype=np.float32)})
+        return np.asarray(result[self.compiled.output(0)]).reshape(-1).astype(np.float64)
