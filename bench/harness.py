@@ -16,9 +16,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import psutil
 import requests
 import yaml
 
@@ -41,14 +42,17 @@ def bench_env(workspace: Path) -> dict[str, str]:
     return env
 
 
-def make_workspace(workspace: Path, data: Path, weights: Path) -> None:
-    """A fresh clone of HEAD in `workspace`, with data.url and pretrained.weights set to the given files."""
+def make_workspace(workspace: Path, data: Path, weights: Path, precision: str | None = None) -> None:
+    """A fresh clone of HEAD in `workspace`, with data.url and pretrained.weights set to the given files
+    (and train.precision to `precision`, if given)."""
     if workspace.exists():
         shutil.rmtree(workspace)
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(workspace)], check=True)
     params_file = workspace / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
     params["data"]["url"], params["pretrained"]["weights"] = str(data), str(weights)
+    if precision:
+        params["train"]["precision"] = precision
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -75,14 +79,33 @@ def served_model(project: Path, model_uri: str = "models:/catsdogs@champion", tr
     its own process group, logging to project/serve.log, and is stopped by that group on exit. `extra_env`
     adds variables (a tracking server's MLFLOW_TRACKING_USERNAME/PASSWORD, say).
     """
+    with served_model_process(project, model_uri, tracking_uri, timeout, extra_args, extra_env) as (url, _):
+        yield url
+
+
+@contextmanager
+def served_model_process(project: Path, model_uri: str = "models:/catsdogs@champion", tracking_uri: str | None = None,
+                         timeout: float = 300, extra_args: tuple[str, ...] = (),
+                         extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """served_model, yielding (base URL, the server's process: the leader of its process group)."""
     port = free_port()
     env = server_env(MLFLOW_TRACKING_URI=tracking_uri or f"sqlite:///{project.resolve()}/mlflow.db",
                      **(extra_env or {}))
     url = f"http://127.0.0.1:{port}"
     command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager",
                "local", "--host", "127.0.0.1", "--port", str(port), *extra_args]
-    with server_process(command, project, env, project / "serve.log", f"{url}/ping", timeout):
-        yield url
+    with server_process(command, project, env, project / "serve.log", f"{url}/ping", timeout) as process:
+        yield url, process
+
+
+def group_rss(leader: subprocess.Popen) -> int:
+    """Bytes resident in the process group `leader` leads (a server and its workers)."""
+    total = 0
+    for process in psutil.process_iter(["pid"]):
+        with suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(process.info["pid"]) == leader.pid:
+                total += process.memory_info().rss
+    return total
 
 
 @contextmanager

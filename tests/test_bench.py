@@ -12,7 +12,7 @@ import pytest
 
 from bench import harness
 from bench.repro import cpu_shares
-from bench.run import inputs, markdown
+from bench.run import LIMITS, inputs, markdown, targets
 from conftest import ROOT
 
 
@@ -74,7 +74,7 @@ def test_report_states_the_inputs_it_was_given(tmp_path: Path) -> None:
                "python": "3.11", "tensorflow": "2", "keras": "3", "mlflow": "3", "dvc": "3"}
     summary = {"commit": "c" * 40, "machine": machine, "inputs": inputs(data, weights),
                "test_accuracy": {"scratch": 0.8}, "book_accuracy": {"scratch": 0.739},
-               "target_accuracy": {"scratch": 0.74}, "limits": {}, "repro": None, "pipeline": None, "serving": None}
+               "target_accuracy": {"scratch": 0.74}, "limits": LIMITS, "repro": None, "pipeline": None, "serving": None}
     text = markdown(summary)
     assert f"--weights {weights}" in text and "`my_vgg16.h5` (7 bytes" in text
     assert "stand-in" not in text, "the report says what it was given, not what it assumes"
@@ -97,3 +97,66 @@ def test_team_report_puts_the_pull_next_to_the_repro_and_judges_the_logging_cost
     assert "+3.0% (target: under 5%, met)" in text
     result["logging"]["server_overhead"] = 0.08
     assert "(target: under 5%, **not met**)" in markdown(result)
+
+
+@pytest.mark.slow
+def test_champion_benchmark_times_the_keras_model_and_its_int8_copy(champion: dict, tiny_project: Path,
+                                                                    tmp_path: Path) -> None:
+    out = tmp_path / "champion.json"
+    subprocess.run([sys.executable, "-m", "bench.champion", tiny_project, "--repeats", "3", "--out", out],
+                   env=bench_env(tiny_project), check=True, stdout=subprocess.PIPE)
+    result = json.loads(out.read_text())
+    test_metrics = json.loads((tiny_project / "evaluation" / "fine_tuning" / "metrics.json").read_text())
+    assert result["model"] == "fine_tuning" and result["images"] == test_metrics["images"]
+    assert result["keras"]["test_accuracy"] == pytest.approx(test_metrics["accuracy"])
+    for side in ("keras", "int8"):
+        assert 0 < result[side]["one_image_ms"] <= result[side]["one_image_p95_ms"]
+        assert result[side]["batch_images_per_second"] > 0
+    assert result["int8_accuracy_change"] == pytest.approx(
+        result["int8"]["test_accuracy"] - result["keras"]["test_accuracy"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_seeds_benchmark_retrains_the_vgg16_models_with_another_seed(champion: dict, tiny_project: Path,
+                                                                     tmp_path: Path) -> None:
+    import contextlib
+
+    from catsdogs.config import EVALUATION_DIR, MODELS_DIR, load_params
+    from catsdogs.evaluate import evaluate_model
+
+    with contextlib.chdir(tiny_project):  # the default run's feature_extraction, evaluated
+        evaluate_model(load_params(), MODELS_DIR / "feature_extraction", EVALUATION_DIR / "feature_extraction")
+    out = tmp_path / "seeds.json"
+    subprocess.run([sys.executable, "-m", "bench.seeds", tiny_project, "--seeds", "7", "--out", out],
+                   env=bench_env(tiny_project), check=True, stdout=subprocess.PIPE)
+    result = json.loads(out.read_text())
+    default, seven = result["runs"]
+    assert default["default"] and default["seed"] == 42 and seven["seed"] == 7 and not seven["default"]
+    folder = tiny_project / ".bench-seeds" / "7"
+    for name in ("feature_extraction", "fine_tuning"):
+        assert seven[name]["test_accuracy"] == json.loads(
+            (folder / "evaluation" / name / "metrics.json").read_text())["accuracy"]
+    assert (folder / "features").resolve() == (tiny_project / "features").resolve(), "the cached views are shared"
+    assert json.loads((folder / "models" / "fine_tuning" / "run.json").read_text())["run_id"] != json.loads(
+        (tiny_project / "models" / "fine_tuning" / "run.json").read_text())["run_id"]
+
+
+def test_targets_are_judged_against_the_measured_figures() -> None:
+    models = {name: {"test": {"accuracy": acc, "log_loss": 0.09, "ece": ece}, "train": {"val_accuracy": val}}
+              for name, acc, ece, val in (("feature_extraction", 0.972, 0.015, 0.972),
+                                          ("fine_tuning", 0.976, 0.021, 0.974))}
+    int8 = {"one_image_ms": 35.0, "batch_images_per_second": 29.5, "test_accuracy": 0.972}
+    keras = {"one_image_ms": 85.0, "batch_images_per_second": 14.5, "test_accuracy": 0.976}
+    serving = {"sequential": {"p50_ms": 45.5}, "concurrent": {"clients": 4, "seconds": 30, "images_per_second": 26.0,
+                                                              "errors": 1}}
+    summary = {"limits": LIMITS, "models": models, "champion": {"keras": keras, "int8": int8}, "serving": serving,
+               "repro": {"total_seconds": 29 * 60, "peak_rss_gib": 5.3}, "repro_float32": None}
+    verdicts = {figure: ok for figure, _, _, ok in targets(summary)}
+    assert verdicts["fine_tuning test accuracy"] is True
+    assert verdicts["fine-tuning against its start, validation accuracy"] is True
+    assert verdicts["test expected calibration error, feature_extraction / fine_tuning"] is False  # 2.1% > 2%
+    assert verdicts["champion's test accuracy against the uncompressed model"] is True  # exactly 0.4 pt
+    assert verdicts["served, one image per request, sequential p50"] is False  # 45.5 > 35 + 10
+    assert verdicts["served, 4 clients, 30 s"] is False  # 88% of 29.5, and one error
+    assert verdicts["`dvc repro`, defaults (`train.precision: auto`)"] is False  # 5.3 GiB > 5.2
+    assert verdicts["`dvc repro`, `train.precision: float32`"] is None

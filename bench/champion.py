@@ -1,0 +1,94 @@
+"""The served model's own speed in memory: the trained Keras model against its int8 copy.
+
+    python -m bench.champion WORKSPACE [--repeats 50] [--out reports/benchmark_champion.json]
+
+In WORKSPACE after `dvc repro`: decodes the test split once (as the server does: catsdogs.images), then
+for models/<register.model>/model.keras (Keras `predict_on_batch`) and models/compressed/model.xml (the
+int8 copy, catsdogs.int8.Int8Model): the median time of one image over --repeats calls after warm-up,
+images/s in batches of 16 over the whole test split, and test accuracy and log loss of each. No HTTP:
+this is the ceiling the scoring server is measured against (bench.serving).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn import metrics as skm
+
+BATCH = 16
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workspace", type=Path)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=Path("reports/benchmark_champion.json"))
+    args = parser.parse_args()
+    result = benchmark(args.workspace.resolve(), args.repeats)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def benchmark(workspace: Path, repeats: int) -> dict:
+    import keras
+
+    from catsdogs import layers  # noqa: F401  (the saved model's custom layers)
+    from catsdogs.config import COMPRESSED_DIR, MODELS_DIR, SPLITS_DIR, load_params
+    from catsdogs.data import manifest_path, read_manifest
+    from catsdogs.images import load_pixels
+    from catsdogs.int8 import XML, Int8Model
+
+    with contextlib.chdir(workspace):
+        params = load_params()
+        name = params.register.model
+        class_names = tuple(json.loads((MODELS_DIR / name / "run.json").read_text())["class_names"])
+        test = read_manifest(manifest_path("test", SPLITS_DIR))
+        pixels = np.stack([load_pixels(image.path, params.image_size, params.split.max_pixels)
+                           for image in test]).astype(np.float32)
+        y = np.array([class_names.index(image.label) for image in test])
+        keras_model = keras.models.load_model(MODELS_DIR / name / "model.keras")
+        int8 = Int8Model(COMPRESSED_DIR / XML)
+    runners = {
+        "keras": lambda x: np.asarray(keras_model.predict_on_batch(x)).reshape(-1),
+        "int8": int8.predict,
+    }
+    result = {"model": name, "images": len(y), "repeats": repeats, "batch": BATCH}
+    for label, predict in runners.items():
+        result[label] = measure(predict, pixels, y, repeats)
+    result["int8_speedup_one_image"] = round(result["keras"]["one_image_ms"] / result["int8"]["one_image_ms"], 2)
+    result["int8_speedup_batch"] = round(result["int8"]["batch_images_per_second"]
+                                         / result["keras"]["batch_images_per_second"], 2)
+    result["int8_accuracy_change"] = round(result["int8"]["test_accuracy"] - result["keras"]["test_accuracy"], 4)
+    return result
+
+
+def measure(predict, pixels: np.ndarray, y: np.ndarray, repeats: int) -> dict:
+    for _ in range(5):  # warm-up: kernels built, caches filled
+        predict(pixels[:1])
+    predict(pixels[:BATCH])
+    one = []
+    for i in range(repeats):
+        started = time.perf_counter()
+        predict(pixels[i % len(pixels) : i % len(pixels) + 1])
+        one.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    p = np.concatenate([predict(pixels[i : i + BATCH]) for i in range(0, len(pixels), BATCH)]).astype(np.float64)
+    batch_seconds = time.perf_counter() - started
+    return {
+        "one_image_ms": round(1000 * float(np.median(one)), 1),
+        "one_image_p95_ms": round(1000 * float(np.percentile(one, 95)), 1),
+        "batch_images_per_second": round(len(pixels) / batch_seconds, 1),
+        "test_accuracy": float(np.mean((p >= 0.5).astype(int) == y)),
+        "test_log_loss": float(skm.log_loss(y, p, labels=[0, 1])),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
