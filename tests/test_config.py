@@ -53,6 +53,8 @@ def test_project_params_load_with_pinned_defaults() -> None:
         ({"register.min_delta": 0}, "register.min_delta must be > 0"),  # a tie is no improvement
         ({"register.min_val_accuracy": 1.5}, r"register.min_val_accuracy must be in \[0, 1\] or null"),
         ({"register.max_val_loss": 0}, "register.max_val_loss must be > 0 or null"),
+        ({"models.fine_tuning.label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
+        ({"compress.calibration_images": 0}, "compress.calibration_images must be > 0"),
     ],
 )
 def test_bad_values_are_rejected(overrides: dict, message: str) -> None:

@@ -152,9 +152,11 @@ class ModelParams:
     early_stopping_patience: int  # epochs without val_loss improvement before stopping; 0: never stop early
     reduce_lr_patience: int  # with schedule: plateau
     init_from: str | None  # start from this trained model's weights (see INIT_SOURCES); null: from scratch
+    label_smoothing: float  # training targets 0/1 pulled towards 0.5 by half this; 0: none
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0 and self.batch_size > 0, "models.*.epochs and batch_size must be > 0")
+        _require(0 <= self.label_smoothing < 1, "models.*.label_smoothing must be in [0, 1)")
         _one_of("models.*.optimizer", self.optimizer, OPTIMIZERS)
         _one_of("models.*.schedule", self.schedule, SCHEDULES)
         _require((self.schedule == "plateau") == (self.reduce_lr_patience > 0),

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import keras
 import numpy as np
 from mlflow.keras import MlflowCallback
+from scipy.special import expit
+from sklearn.metrics import log_loss
 
 from catsdogs import configure_logging, describe_machine
 from catsdogs.augment import build_augmentation
@@ -114,13 +116,11 @@ def train_model(name: str, params: Params, out_dir: Path, backup_dir: Path) -> d
         else:
             log.info("resuming run %s from %s", resumed, backup_dir)
         history = fit(job.trained_part, job.train_data, job.val_data, params.models[name], backup_dir)
-        uncalibrated_val_loss = job.trained_part.evaluate(*_xy(job.val_data), verbose=0)[0]
-        temperature = calibrate(job, job.val_data)
-        val_loss, val_accuracy = job.trained_part.evaluate(*_xy(job.val_data), verbose=0)
+        temperature, logits, labels = calibrate(job, job.val_data)
         metrics = {
-            "val_accuracy": float(val_accuracy),
-            "val_loss": float(val_loss),
-            "val_loss_uncalibrated": float(uncalibrated_val_loss),
+            "val_accuracy": float(np.mean((logits >= 0) == (labels >= 0.5))),
+            "val_loss": float(log_loss(labels, expit(logits / temperature), labels=[0, 1])),  # as saved
+            "val_loss_uncalibrated": float(log_loss(labels, expit(logits), labels=[0, 1])),
             "temperature": temperature,
             "best_epoch": int(np.argmin(history["val_loss"])) + 1,
             "epochs": len(history["val_loss"]),
@@ -304,20 +304,22 @@ def float32_rows(path: Path, rows: int | None = None, chunk: int = 256):
     return tf.cast(halves, tf.float32)
 
 
-def calibrate(job: TrainingJob, val_data) -> float:
-    """Fit the temperature of the model's probability layer on the validation set (log loss); returns it.
+def calibrate(job: TrainingJob, val_data) -> tuple[float, np.ndarray, np.ndarray]:
+    """Fit the temperature of the model's probability layer on the validation set (log loss against the true
+    labels, whatever label smoothing trained on); (the temperature, the validation logits, their labels).
 
-    Labels are unchanged (the logits keep their order); val_loss after it is the calibrated model's.
+    Labels are unchanged (the logits keep their order).
     """
     if isinstance(val_data, tuple):
         logits, labels = job.logit_part.predict(val_data[0], batch_size=64, verbose=0), np.asarray(val_data[1])
     else:
         batches = [(job.logit_part.predict_on_batch(x), y.numpy()) for x, y in val_data]
         logits, labels = (np.concatenate(part) for part in zip(*batches, strict=True))
+    logits, labels = logits.reshape(-1).astype(np.float64), labels.reshape(-1)
     value = fit_temperature(logits, labels)
     set_temperature(job.model, value)
     log.info("calibration: temperature %.3f (fitted on %d validation images)", value, len(labels))
-    return value
+    return value, logits, labels
 
 
 def compile_model(model: keras.Model, settings: ModelParams, steps_per_epoch: int) -> None:
@@ -326,7 +328,7 @@ def compile_model(model: keras.Model, settings: ModelParams, steps_per_epoch: in
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, settings.epochs * steps_per_epoch)
     model.compile(
         optimizer=OPTIMIZERS[settings.optimizer](learning_rate),
-        loss="binary_crossentropy",
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=settings.label_smoothing),
         metrics=["accuracy"],
     )
 
