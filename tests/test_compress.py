@@ -11,7 +11,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from catsdogs.config import COMPRESSED_DIR, MODELS_DIR, load_params
+from catsdogs.config import COMPRESSED_DIR, MODELS_DIR, SPLITS_DIR, load_params
+from catsdogs.data import manifest_path, read_manifest
+from catsdogs.images import load_pixels
 from catsdogs.int8 import Int8Model, float32_copy
 from catsdogs.models import build_vgg16_classifier
 
@@ -19,15 +21,24 @@ from catsdogs.models import build_vgg16_classifier
 def test_compress_writes_an_int8_model_that_answers_like_the_keras_one(champion: dict, in_project: Path) -> None:
     metrics = json.loads((COMPRESSED_DIR / "metrics.json").read_text())
     assert metrics["model"] == "fine_tuning" and metrics["calibration_images"] == 24  # all 24 training images
-    assert set(metrics) >= {"val_accuracy", "val_loss", "source_val_accuracy", "source_val_loss", "label_agreement"}
+    trained = json.loads((MODELS_DIR / "fine_tuning" / "metrics.json").read_text())
+    assert metrics["source_val_accuracy"] == trained["val_accuracy"]
+    assert metrics["source_val_loss"] == trained["val_loss"]
+    assert 0 <= metrics["val_accuracy"] <= 1 and metrics["val_loss"] > 0
     xml = (COMPRESSED_DIR / "model.xml").read_text()
     assert "FakeQuantize" in xml or 'element_type="i8"' in xml, "the convolutions run on int8"
-    int8 = Int8Model(COMPRESSED_DIR / "model.xml")
+    # The images the model is for (the held-out ones): the int8 logits follow the Keras model's. With random
+    # VGG16 weights the logits are a few hundredths, so rounding shows; a broken quantization (e.g. ranges
+    # measured on the bfloat16 graph) answers noise or a constant.
+    images = read_manifest(manifest_path("val", SPLITS_DIR)) + read_manifest(manifest_path("test", SPLITS_DIR))
+    pixels = np.stack([load_pixels(image.path, 48, 10**8) for image in images]).astype("float32")
+    p = Int8Model(COMPRESSED_DIR / "model.xml").predict(pixels)
+    assert p.shape == (len(images),) and p.dtype == np.float64
     source = keras.models.load_model(MODELS_DIR / "fine_tuning" / "model.keras")
-    pixels = np.random.default_rng(5).integers(0, 256, (5, 48, 48, 3)).astype("float32")
-    p = int8.predict(pixels)
-    assert p.shape == (5,) and p.dtype == np.float64
-    np.testing.assert_allclose(p, source.predict(pixels, verbose=0).reshape(-1), atol=0.01)
+    temperature = float(source.get_layer("p_dog").temperature.numpy())
+    logits = keras.Model(source.inputs, source.get_layer("logit").output).predict(pixels, verbose=0).reshape(-1)
+    int8_logits = temperature * np.log(p / (1 - p))
+    assert np.corrcoef(int8_logits, logits)[0, 1] > 0.9
     run_id = json.loads((MODELS_DIR / "fine_tuning" / "run.json").read_text())["run_id"]
     logged = mlflow.MlflowClient(load_params().mlflow.tracking_uri).get_run(run_id).data.metrics
     assert logged["int8_val_accuracy"] == pytest.approx(metrics["val_accuracy"])

@@ -133,8 +133,8 @@ def test_version_carries_metrics_data_hash_and_commit(registered: list[dict], in
 
 
 def test_pyfunc_takes_image_files_and_runs_the_int8_copy(registered: list[dict], in_project: Path) -> None:
-    """The champion is the int8 copy (register.int8): its answers are the OpenVINO model's, and close to the
-    Keras model's it was quantized from."""
+    """The champion is the int8 copy (register.int8): its answers are the OpenVINO model's (how close those
+    are to the Keras model's: tests/test_compress.py)."""
     rng = np.random.default_rng(3)
     photo = synthetic.make_photo(rng)
     files = [synthetic.encode(photo)] + list(synthetic.odd_images(rng).values())
@@ -145,8 +145,6 @@ def test_pyfunc_takes_image_files_and_runs_the_int8_copy(registered: list[dict],
     np.testing.assert_allclose(result["p_cat"] + result["p_dog"], 1.0)
     pixels = np.stack([load_pixels(f, 48, 10**6) for f in files]).astype("float32")
     np.testing.assert_allclose(result["p_dog"], Int8Model(COMPRESSED_DIR / "model.xml").predict(pixels), rtol=1e-6)
-    keras_model = keras.models.load_model(MODELS_DIR / "fine_tuning" / "model.keras")
-    np.testing.assert_allclose(result["p_dog"], keras_model.predict(pixels, verbose=0).reshape(-1), atol=0.01)
     assert list(result["label"]) == ["dog" if p >= 0.5 else "cat" for p in result["p_dog"]]
     version = mlflow.MlflowClient().get_model_version("catsdogs", registered[0]["version"])
     assert version.tags["format"] == "int8 (OpenVINO)" and "int8 copy" in version.description
