@@ -109,7 +109,9 @@ def plot_reliability(evaluation_dir: Path):
         y_true = np.array([row[1] == positive for row in rows], dtype=int)
         CalibrationDisplay.from_predictions(y_true, np.array([float(row[-1]) for row in rows]), n_bins=10,
                                             name=name, ax=ax)
-    ax.set_title("Test reliability diagram: share of positives against mean predicted probability")
+    ax.set_xlabel(f"mean predicted p({positive}), per bin of 0.1")
+    ax.set_ylabel(f"share of {positive}s in the bin")
+    ax.set_title("Test reliability diagram (calibrated models)")
     ax.legend(loc="upper left")
     fig.tight_layout()
     return fig
