@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics as skm
 
+from bench.harness import write_result
+
 BATCH = 16
 
 
@@ -31,9 +33,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/benchmark_champion.json"))
     args = parser.parse_args()
     result = benchmark(args.workspace.resolve(), args.repeats)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 def benchmark(workspace: Path, repeats: int) -> dict:

@@ -8,6 +8,7 @@ process group; `chromium` is the system's Chromium under Playwright. The tests u
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -54,6 +55,13 @@ def make_workspace(workspace: Path, data: Path, weights: Path, precision: str | 
     if precision:
         params["train"]["precision"] = precision
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def write_result(path: Path, result: dict) -> None:
+    """A part's JSON: written to `path` (its folder made) and printed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
 
 
 def run_part(module: str, args: list, workspace: Path) -> None:

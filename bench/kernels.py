@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.harness import write_result
+
 PRECISIONS = ("float32", "mixed_bfloat16")
 SIZES = (150, 224)
 
@@ -41,9 +43,7 @@ def main() -> None:
             done = subprocess.run([sys.executable, "-m", "bench.kernels", "--child", precision], env=env, check=True,
                                   stdout=subprocess.PIPE, text=True)
             result[key] = json.loads(done.stdout.strip().splitlines()[-1])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 def measure(precision: str, batches: int = 4) -> dict:

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.harness import write_result
+
 SIDES = ("legacy", "ours", "ceiling")
 CEILING_PRECISIONS = ("float32", "mixed_bfloat16")
 
@@ -37,9 +39,7 @@ def main() -> None:
         print(json.dumps(measure(args.side, args.epochs)))
         return
     result = compare(args.epochs)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 def compare(epochs: int) -> dict:

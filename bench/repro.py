@@ -13,7 +13,6 @@ that is slow with an idle CPU is waiting on something; one with a high steal sha
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from bench.harness import write_result
 
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
 GIB = 1024**3
@@ -33,9 +34,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/benchmark_repro.json"))
     args = parser.parse_args()
     result = timed_repro(args.workspace)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 def timed_repro(workspace: Path, env: dict | None = None, targets: list[str] | None = None) -> dict:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from bench.harness import write_result
+
 VGG16_MODELS = ("feature_extraction", "fine_tuning")
 
 
@@ -32,9 +34,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/benchmark_seeds.json"))
     args = parser.parse_args()
     result = run_seeds(args.workspace.resolve(), args.seeds)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 def run_seeds(workspace: Path, seeds: list[int]) -> dict:

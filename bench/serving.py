@@ -27,7 +27,7 @@ import numpy as np
 import requests
 from PIL import Image
 
-from bench.harness import group_rss, served_model_process
+from bench.harness import group_rss, served_model_process, write_result
 
 
 def main() -> None:
@@ -44,9 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     env = dict(pair.split("=", 1) for pair in args.env)
     result = benchmark(args.workspace, args.requests, args.clients, args.seconds, args.workers, env, args.model)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 def benchmark(workspace: Path, sequential: int, clients: int, seconds: float, workers: int = 1,
