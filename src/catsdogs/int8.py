@@ -1,4 +1,5 @@
-"""A trained model compressed to int8 for serving: OpenVINO's runtime and NNCF's post-training quantization.
+"""Keras models run by OpenVINO: a trained model compressed to int8 for serving (NNCF's post-training
+quantization), and the float32 conversion that both it and the features stage use.
 
 `quantize` turns a saved Keras model into an OpenVINO model whose convolutions and dense layers run in
 int8: the same input (raw 0-255 pixels, image_size square) and the same output (the calibrated
@@ -45,17 +46,35 @@ def _float32_config(config: Any) -> Any:
     return config
 
 
-def quantize(model: Any, calibration_pixels: np.ndarray) -> Any:
-    """An int8 OpenVINO model of the Keras `model`, its activation ranges measured on calibration_pixels
-    (N, size, size, 3 float32 raw pixels). Returns an openvino.Model (save it with save)."""
-    import nncf
+def convert(model: Any) -> Any:
+    """The Keras `model` as a float32 openvino.Model (the same input, any batch size), by way of a
+    TensorFlow SavedModel."""
     import openvino as ov
 
     with tempfile.TemporaryDirectory(prefix="catsdogs-export-") as folder:
         float32_copy(model).export(folder, format="tf_saved_model", verbose=False)
         converted = ov.convert_model(folder)
-    size = model.input_shape[1:]
-    converted.reshape([-1, *size])  # any batch size
+    converted.reshape([-1, *model.input_shape[1:]])
+    return converted
+
+
+def compile_for_cpu(ov_model: Any, threads: int | None = None) -> Any:
+    """`ov_model` (an openvino.Model or a model.xml path) compiled for this CPU: one stream using every core
+    (on 2 cores as fast in batches as two streams, and faster for one image: reports/decisions.md)."""
+    import openvino as ov
+
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return ov.Core().compile_model(ov_model if not isinstance(ov_model, Path | str) else str(ov_model), "CPU", config)
+
+
+def quantize(model: Any, calibration_pixels: np.ndarray) -> Any:
+    """An int8 OpenVINO model of the Keras `model`, its activation ranges measured on calibration_pixels
+    (N, size, size, 3 float32 raw pixels). Returns an openvino.Model (save it with save)."""
+    import nncf
+
+    converted = convert(model)
     samples = nncf.Dataset([calibration_pixels[i : i + 1] for i in range(len(calibration_pixels))])
     return nncf.quantize(converted, samples, subset_size=len(calibration_pixels),
                          preset=nncf.QuantizationPreset.PERFORMANCE)
@@ -79,12 +98,7 @@ class Int8Model:
     """
 
     def __init__(self, xml: Path | str, threads: int | None = None):
-        import openvino as ov
-
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = ov.Core().compile_model(str(xml), "CPU", config)
+        self.compiled = compile_for_cpu(xml, threads)
         self.image_size = int(self.compiled.input(0).get_partial_shape()[1].get_length())
         self._local = threading.local()
 
