@@ -6,9 +6,9 @@ Training the VGG16 models on these (train.py) gives the same models as running t
 layers every epoch, for a fraction of the compute: VGG16 blocks 1-4 hold most of its operations.
 Training views: view 0 is the image itself, views 1.. are random augmentations of it (the
 augment section, the same layers the models carry), so augmentation survives the caching.
-Blocks 1-4 run in float32 through OpenVINO (catsdogs.int8.convert) whatever train.precision says:
-on CPUs without native bfloat16 that is twice TensorFlow's float32 speed, on the others as fast as
-its bfloat16, and the cache is the same on both (reports/decisions.md, "The features stage").
+Blocks 1-4 run through OpenVINO (catsdogs.int8.convert) in the precision the VGG16 models train in
+(train.precision: bfloat16 for mixed_bfloat16, else float32), never in a precision OpenVINO picks for
+the CPU; as fast as TensorFlow in either (reports/decisions.md, "The features stage").
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from catsdogs.augment import build_augmentation
 from catsdogs.config import FEATURES_DIR, SPLITS_DIR, ConfigError, Params, load_params
 from catsdogs.data import MissingInputError, batched, binary_class_names, image_dataset, manifest_path, read_manifest
 from catsdogs.int8 import compile_for_cpu, convert
-from catsdogs.models import VGG16_CUT, WeightsError, build_vgg16_extractor
+from catsdogs.models import VGG16_CUT, WeightsError, build_vgg16_extractor, set_precision
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,15 @@ def compute_features(params: Params, splits_dir: Path, out_dir: Path) -> dict:
     train = read_manifest(manifest_path("train", splits_dir))
     val = read_manifest(manifest_path("val", splits_dir))
     class_names = binary_class_names(train)
+    precision = set_precision(params.train.precision)  # as the models that will run these layers
     extractor = build_vgg16_extractor(params.pretrained.weights, params.image_size, params.vgg16_input_size)
-    compiled = compile_for_cpu(convert(extractor))
+    compiled = compile_for_cpu(convert(extractor), precision="bf16" if precision == "mixed_bfloat16" else "f32")
     request, output = compiled.create_infer_request(), compiled.output(0)
     augmentation = build_augmentation(params.augment, params.train.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"class_names": list(class_names), "views": params.features.views, "cut": VGG16_CUT,
             "image_size": params.image_size, "input_size": params.vgg16_input_size,
-            "precision": "float32", "runtime": "openvino"}
+            "precision": precision, "runtime": "openvino"}
     for split, images, views in (("train", train, params.features.views), ("val", val, 1)):
         dataset = batched(
             image_dataset(images, class_names, params.image_size, params.split.max_pixels), params.features.batch_size

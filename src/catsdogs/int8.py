@@ -1,5 +1,5 @@
 """Keras models run by OpenVINO: a trained model compressed to int8 for serving (NNCF's post-training
-quantization), and the float32 conversion that both it and the features stage use.
+quantization), and the conversion that both it and the features stage use.
 
 `quantize` turns a saved Keras model into an OpenVINO model whose convolutions and dense layers run in
 int8: the same input (raw 0-255 pixels, image_size square) and the same output (the calibrated
@@ -58,15 +58,19 @@ def convert(model: Any) -> Any:
     return converted
 
 
-def compile_for_cpu(ov_model: Any, threads: int | None = None) -> Any:
+def compile_for_cpu(ov_model: Any, threads: int | None = None, precision: str | None = None) -> Any:
     """`ov_model` (an openvino.Model or a model.xml path) compiled for this CPU: one stream using every core
-    (on 2 cores as fast in batches as two streams, and faster for one image: reports/decisions.md)."""
+    (on 2 cores as fast in batches as two streams fed at once: reports/decisions.md). `precision` ("f32",
+    "bf16") is what the layers left in floating point compute in; None: OpenVINO's default for this CPU,
+    which is bfloat16 wherever the CPU has it natively (AVX512-BF16, AMX)."""
     import openvino as ov
 
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    return ov.Core().compile_model(ov_model if not isinstance(ov_model, Path | str) else str(ov_model), "CPU", config)
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    return ov.Core().compile_model(str(ov_model) if isinstance(ov_model, Path | str) else ov_model, "CPU", config)
 
 
 def quantize(model: Any, calibration_pixels: np.ndarray) -> Any:
