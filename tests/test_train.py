@@ -16,7 +16,7 @@ from catsdogs.data import MissingInputError, image_dataset, manifest_path, read_
 from catsdogs.features import compute_features
 from catsdogs.images import load_pixels
 from catsdogs.models import build_scratch_cnn, build_vgg16_extractor
-from catsdogs.train import compile_model, load_features, train_model
+from catsdogs.train import compile_model, float32_tensor, load_features, predict_in_chunks, train_model
 from conftest import SIZE, make_params
 
 CNN = make_params().cnn
@@ -36,6 +36,21 @@ def test_features_cache_views_and_labels(in_project: Path) -> None:
     with pytest.raises(MissingInputError, match=f"activations of {SIZE}px images, the params ask for 64px.*"
                                                 "dvc repro features"):
         load_features(FEATURES_DIR, use_augmented_views=True, input_size=64)
+
+
+def test_cached_activations_are_read_a_chunk_at_a_time(tmp_path: Path) -> None:
+    """A frozen part run over the float16 cache gives what it gives on the whole float32 copy, for a row count
+    that is no multiple of the chunk; training gets one float32 tensor of every row."""
+    cached = np.random.default_rng(0).normal(size=(10, 3, 3, 8)).astype(np.float16)
+    np.save(tmp_path / "cache.npy", cached)
+    mapped = np.load(tmp_path / "cache.npy", mmap_mode="r")
+    inputs = keras.Input((3, 3, 8))
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 3, padding="same")(inputs))
+    whole = model.predict(cached.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(predict_in_chunks(model, mapped, chunk=4), whole, rtol=1e-6, atol=1e-6)
+    tensor = float32_tensor(mapped, chunk=4)
+    assert tensor.dtype == "float32" and tensor.shape == cached.shape
+    np.testing.assert_array_equal(np.asarray(tensor), cached.astype(np.float32))
 
 
 def test_features_run_in_the_training_precision(in_project: Path, tmp_path: Path) -> None:

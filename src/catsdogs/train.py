@@ -211,8 +211,8 @@ def feature_extraction_job(params: Params, settings: ModelParams) -> TrainingJob
     model = _new_vgg16_classifier(params, settings)
     # block5 is frozen too: run it once over the cached activations, then fit only the head.
     block5 = tail_model(model, after=VGG16_CUT, until=VGG16_LAST)
-    train = (block5.predict(features["train_x"], batch_size=64, verbose=0), features["train_y"])
-    val = (block5.predict(features["val_x"], batch_size=64, verbose=0), features["val_y"])
+    train = (predict_in_chunks(block5, features["train_x"]), features["train_y"])
+    val = (predict_in_chunks(block5, features["val_x"]), features["val_y"])
     return _activations_job(model, VGG16_LAST, train, val, features, settings)
 
 
@@ -222,7 +222,8 @@ def fine_tuning_job(params: Params, settings: ModelParams) -> TrainingJob:
     start = load_trained(settings.init_from) if settings.init_from else _new_vgg16_classifier(params, settings)
     set_temperature(start, 1.0)  # train on the plain logit; calibrated again afterwards
     model = unfreeze_block5(start)
-    train, val = (features["train_x"], features["train_y"]), (features["val_x"], features["val_y"])
+    train = (float32_tensor(features["train_x"]), features["train_y"])
+    val = (float32_tensor(features["val_x"]), features["val_y"])
     return _activations_job(model, VGG16_CUT, train, val, features, settings)
 
 
@@ -274,6 +275,8 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
 
 
 def load_features(folder: Path, use_augmented_views: bool, input_size: int) -> dict:
+    """The features stage's meta.json, labels and activations; the activations ("train_x", "val_x") are the
+    float16 files memory-mapped, read when used (float32_tensor, predict_in_chunks)."""
     meta_file = folder / "meta.json"
     if not meta_file.is_file():
         raise MissingInputError(f"{meta_file} is missing; run: dvc repro features")
@@ -285,12 +288,12 @@ def load_features(folder: Path, use_augmented_views: bool, input_size: int) -> d
     train_y = np.load(folder / "train_labels.npy")
     # rows are view-major: view 0 (the images themselves) comes first
     rows = len(train_y) if use_augmented_views else meta["train_rows"] // meta["views"]
-    return {**meta, "train_x": float32_rows(folder / "train_block4.npy", rows), "train_y": train_y[:rows],
-            "val_x": float32_rows(folder / "val_block4.npy"), "val_y": np.load(folder / "val_labels.npy")}
+    return {**meta, "train_x": np.load(folder / "train_block4.npy", mmap_mode="r")[:rows], "train_y": train_y[:rows],
+            "val_x": np.load(folder / "val_block4.npy", mmap_mode="r"), "val_y": np.load(folder / "val_labels.npy")}
 
 
-def float32_rows(path: Path, rows: int | None = None, chunk: int = 256):
-    """The first `rows` of a cached float16 array as one float32 tensor, built in chunks.
+def float32_tensor(cached: np.ndarray, chunk: int = 256):
+    """Cached float16 activations as one float32 tensor, built in chunks (for training on them).
 
     Keras casts float16 arrays to float32 and copies them into a tensor before training on them: three
     copies of the data at once (at 224 px, 0.8 + 1.6 + 1.6 GB for the training views). Built here, the
@@ -298,10 +301,15 @@ def float32_rows(path: Path, rows: int | None = None, chunk: int = 256):
     """
     import tensorflow as tf
 
-    cached = np.load(path, mmap_mode="r")
-    rows = len(cached) if rows is None else rows
-    halves = tf.concat([tf.constant(cached[start : min(start + chunk, rows)]) for start in range(0, rows, chunk)], 0)
+    halves = tf.concat([tf.constant(cached[start : start + chunk]) for start in range(0, len(cached), chunk)], 0)
     return tf.cast(halves, tf.float32)
+
+
+def predict_in_chunks(model: keras.Model, cached: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """`model`'s outputs over cached float16 activations, read and cast a chunk at a time: a frozen part
+    run once never needs the whole float32 copy (1.6 GB for the training views at 224 px)."""
+    return np.concatenate([np.asarray(model.predict_on_batch(np.asarray(cached[start : start + chunk], np.float32)))
+                           for start in range(0, len(cached), chunk)])
 
 
 def calibrate(job: TrainingJob, val_data) -> tuple[float, np.ndarray, np.ndarray]:
