@@ -78,3 +78,25 @@ def test_float32_copy_computes_in_float32_with_the_same_weights() -> None:
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     pixels = np.random.default_rng(6).integers(0, 256, (2, 48, 48, 3)).astype("float32")
     np.testing.assert_allclose(copy.predict(pixels, verbose=0), mixed.predict(pixels, verbose=0), atol=0.02)
+
+
+def test_converting_a_model_sends_no_usage_statistics(tmp_path: Path) -> None:
+    """OpenVINO's converter would send Google Analytics events and write a client id under ~/intel; convert
+    turns that off for the conversion and leaves the environment as it was."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, keras\n"
+        "from catsdogs.int8 import convert\n"
+        "inputs = keras.Input((8, 8, 3))\n"
+        "convert(keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs)))\n"
+        "print(os.environ.get('CI'))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    result = subprocess.run([sys.executable, "-c", code], env={**env, "HOME": str(tmp_path)}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "None"
+    assert not (tmp_path / "intel" / "openvino_ga_cid").exists()

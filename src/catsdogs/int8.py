@@ -11,16 +11,18 @@ Why int8 and what it costs in accuracy: reports/decisions.md ("A champion twice 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-# NNCF sends usage statistics unless told it runs in CI (its only switch); OpenVINO's own telemetry
-# asks for consent and is off without it.
+# NNCF sends usage statistics unless told it runs in CI (its only switch). OpenVINO's model converter
+# does too: openvino is imported through _openvino.
 os.environ.setdefault("NNCF_CI", "1")
 
 XML, BIN = "model.xml", "model.bin"
@@ -49,13 +51,38 @@ def _float32_config(config: Any) -> Any:
 def convert(model: Any) -> Any:
     """The Keras `model` as a float32 openvino.Model (the same input, any batch size), by way of a
     TensorFlow SavedModel."""
-    import openvino as ov
-
+    ov = _openvino()
     with tempfile.TemporaryDirectory(prefix="catsdogs-export-") as folder:
         float32_copy(model).export(folder, format="tf_saved_model", verbose=False)
-        converted = ov.convert_model(folder)
+        with _telemetry_off():
+            converted = ov.convert_model(folder)
     converted.reshape([-1, *model.input_shape[1:]])
     return converted
+
+
+def _openvino() -> Any:
+    """The openvino module, imported with its telemetry off."""
+    with _telemetry_off():
+        import openvino
+
+    return openvino
+
+
+@contextlib.contextmanager
+def _telemetry_off() -> Iterator[None]:
+    """OpenVINO's model converter writes a client id under ~/intel when openvino is imported, and sends usage
+    statistics to Google Analytics (from forked processes) when it converts, unless the user opted out in
+    ~/intel/openvino_telemetry or it runs in CI, which it reads from CI=true at both moments. That is its
+    only switch that leaves the user's own setting alone: set meanwhile, then restored."""
+    before = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["CI"]
+        else:
+            os.environ["CI"] = before
 
 
 def compile_for_cpu(ov_model: Any, threads: int | None = None, precision: str | None = None) -> Any:
@@ -63,8 +90,7 @@ def compile_for_cpu(ov_model: Any, threads: int | None = None, precision: str | 
     (on 2 cores as fast in batches as two streams fed at once: reports/decisions.md). `precision` ("f32",
     "bf16") is what the layers left in floating point compute in; None: OpenVINO's default for this CPU,
     which is bfloat16 wherever the CPU has it natively (AVX512-BF16, AMX)."""
-    import openvino as ov
-
+    ov = _openvino()
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
@@ -76,9 +102,9 @@ def compile_for_cpu(ov_model: Any, threads: int | None = None, precision: str | 
 def quantize(model: Any, calibration_pixels: np.ndarray) -> Any:
     """An int8 OpenVINO model of the Keras `model`, its activation ranges measured on calibration_pixels
     (N, size, size, 3 float32 raw pixels). Returns an openvino.Model (save it with save)."""
+    converted = convert(model)  # first: nncf imports openvino
     import nncf
 
-    converted = convert(model)
     samples = nncf.Dataset([calibration_pixels[i : i + 1] for i in range(len(calibration_pixels))])
     return nncf.quantize(converted, samples, subset_size=len(calibration_pixels),
                          preset=nncf.QuantizationPreset.PERFORMANCE)
@@ -86,8 +112,7 @@ def quantize(model: Any, calibration_pixels: np.ndarray) -> Any:
 
 def save(ov_model: Any, folder: Path) -> None:
     """model.xml and model.bin in `folder`, written beside their names and renamed (DVC never sees half)."""
-    import openvino as ov
-
+    ov = _openvino()
     folder.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov_model, folder / f".partial.{XML}")
     (folder / f".partial.{BIN}").replace(folder / BIN)
