@@ -23,8 +23,7 @@ from pathlib import Path
 import yaml
 
 from bench.harness import write_result
-
-VGG16_MODELS = ("feature_extraction", "fine_tuning")
+from catsdogs.config import VGG16_MODELS
 
 
 def main() -> None:

@@ -185,7 +185,9 @@ def pipeline_project(tmp_path: Path) -> Path:
     params["image_size"] = 48
     params["pretrained"]["weights"] = str(tmp_path / "vgg.weights.h5")
     params["pretrained"]["input_size"] = None  # the VGG16 models see the 48 px images as they are
-    params["features"]["views"] = 1
+    params["features"]["views"] = 1  # view 0 only: the VGG16 models train on the images themselves
+    for name in ("feature_extraction", "fine_tuning"):
+        params["models"][name]["views"] = None
     for settings in params["models"].values():
         settings.update(epochs=1, batch_size=8)
     params["register"]["min_val_accuracy"] = None  # one epoch on 18 images: the gate compares, no floor
@@ -216,7 +218,7 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root / "vgg.weights.h5"
     )
     raw = params_dict(**{"image_size": SIZE, "pretrained.weights": "vgg.weights.h5", "pretrained.input_size": None,
-                         "features.views": 2,
+                         "features.views": 3,  # as params.yaml: the VGG16 models' views are the defaults
                          "split.train": 0.5, "split.val": 0.25, "split.test": 0.25,
                          "mlflow.tracking_uri": f"sqlite:///{root}/mlflow.db",
                          "register.min_val_accuracy": None})  # one epoch on 24 images: no floor

@@ -55,6 +55,14 @@ def test_project_params_load_with_pinned_defaults() -> None:
         ({"register.max_val_loss": 0}, "register.max_val_loss must be > 0 or null"),
         ({"models.fine_tuning.label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
         ({"compress.calibration_images": 0}, "compress.calibration_images must be > 0"),
+        ({"models.fine_tuning.views": [0, 0]}, r"views must be null or distinct view numbers >= 0, got \[0, 0\]"),
+        ({"models.fine_tuning.views": []}, "views must be null or distinct view numbers"),
+        ({"models.fine_tuning.views": [-1]}, "views must be null or distinct view numbers"),
+        ({"models.fine_tuning.views": 2}, "models.fine_tuning.views must be a list"),
+        ({"models.fine_tuning.views": [0, 3]}, r"asks for view 3, but features.views caches views 0\.\.2"),
+        ({"features.views": 2}, r"models.fine_tuning.views \[0, 2\] asks for view 2"),  # set views with it
+        ({"models.feature_extraction.augment": False}, r"views must be null or \[0\] with augment: false"),
+        ({"models.augmented.views": [0]}, "models.augmented.views must be null: only the VGG16 models"),
     ],
 )
 def test_bad_values_are_rejected(overrides: dict, message: str) -> None:
@@ -75,6 +83,16 @@ def test_unknown_and_missing_keys_name_themselves(tmp_path: Path) -> None:
         load_params(path)
     with pytest.raises(ConfigError, match="is missing"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_training_views_default_to_every_view_with_augmentation_and_the_images_without() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert params.training_views("feature_extraction") == (0, 1)
+    assert params.training_views("fine_tuning") == (0, 2)  # a view feature extraction never trained on
+    free = {"models.feature_extraction.views": None, "models.fine_tuning.views": None, "features.views": 10}
+    assert make_params(**free).training_views("fine_tuning") == tuple(range(10))
+    assert make_params(**free, **{"models.fine_tuning.augment": False}).training_views("fine_tuning") == (0,)
+    assert make_params(**{"models.fine_tuning.views": [2, 0]}).training_views("fine_tuning") == (2, 0)
 
 
 def test_fractions_and_flatten() -> None:

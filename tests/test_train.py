@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
+import catsdogs
 from catsdogs.config import BACKUP_DIR, FEATURES_DIR, MODEL_NAMES, MODELS_DIR, SPLITS_DIR, load_params
 from catsdogs.data import MissingInputError, image_dataset, manifest_path, read_manifest
 from catsdogs.features import compute_features
@@ -25,17 +26,25 @@ CNN = make_params().cnn
 
 def test_features_cache_views_and_labels(in_project: Path) -> None:
     meta = json.loads((FEATURES_DIR / "meta.json").read_text())
-    assert meta["class_names"] == ["cat", "dog"] and meta["views"] == 2
+    assert meta["class_names"] == ["cat", "dog"] and meta["views"] == 3
     train_x = np.load(FEATURES_DIR / "train_block4.npy", mmap_mode="r")
-    assert train_x.shape == (48, 3, 3, 512) and train_x.dtype == np.float16  # 24 images x 2 views at 48 px
+    assert train_x.shape == (72, 3, 3, 512) and train_x.dtype == np.float16  # 24 images x 3 views at 48 px
     labels = np.load(FEATURES_DIR / "train_labels.npy")
-    np.testing.assert_array_equal(labels[:24], labels[24:])  # view-major: same order in each view
-    assert not np.array_equal(train_x[:24], train_x[24:]), "view 1 is augmented"
+    np.testing.assert_array_equal(labels[:24], labels[24:48])  # view-major: same order in each view
+    np.testing.assert_array_equal(labels[:24], labels[48:])
+    assert not np.array_equal(train_x[:24], train_x[24:48]), "view 1 is augmented"
+    assert not np.array_equal(train_x[24:48], train_x[48:]), "each augmented view is drawn afresh"
     assert meta["input_size"] == SIZE
-    assert load_features(FEATURES_DIR, use_augmented_views=False, input_size=SIZE)["train_x"].shape[0] == 24
+    chosen = load_features(FEATURES_DIR, views=(2, 0), input_size=SIZE)  # the views asked for, in that order
+    assert [len(rows) for rows in chosen["train_x"]] == [24, 24]
+    np.testing.assert_array_equal(chosen["train_x"][0], train_x[48:])
+    np.testing.assert_array_equal(chosen["train_x"][1], train_x[:24])
+    np.testing.assert_array_equal(chosen["train_y"], np.concatenate([labels[48:], labels[:24]]))
+    with pytest.raises(MissingInputError, match=r"caches views 0\.\.2, the params ask for view 3.*dvc repro features"):
+        load_features(FEATURES_DIR, views=(0, 3), input_size=SIZE)
     with pytest.raises(MissingInputError, match=f"activations of {SIZE}px images, the params ask for 64px.*"
                                                 "dvc repro features"):
-        load_features(FEATURES_DIR, use_augmented_views=True, input_size=64)
+        load_features(FEATURES_DIR, views=(0,), input_size=64)
 
 
 def test_cached_activations_are_read_a_chunk_at_a_time(tmp_path: Path) -> None:
@@ -47,25 +56,39 @@ def test_cached_activations_are_read_a_chunk_at_a_time(tmp_path: Path) -> None:
     inputs = keras.Input((3, 3, 8))
     model = keras.Model(inputs, keras.layers.Conv2D(4, 3, padding="same")(inputs))
     whole = model.predict(cached.astype(np.float32), verbose=0)
-    np.testing.assert_allclose(predict_in_chunks(model, mapped, chunk=4), whole, rtol=1e-6, atol=1e-6)
-    tensor = float32_tensor(mapped, chunk=4)
+    np.testing.assert_allclose(predict_in_chunks(model, [mapped], chunk=4), whole, rtol=1e-6, atol=1e-6)
+    tensor = float32_tensor([mapped], chunk=4)
     assert tensor.dtype == "float32" and tensor.shape == cached.shape
     np.testing.assert_array_equal(np.asarray(tensor), cached.astype(np.float32))
+    # several arrays (the chosen views) are read in turn, as one: rows in order, none dropped at a seam
+    parts = [mapped[7:], mapped[:7]]
+    np.testing.assert_allclose(predict_in_chunks(model, parts, chunk=4), np.concatenate([whole[7:], whole[:7]]),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(float32_tensor(parts, chunk=4)),
+                                  np.concatenate([cached[7:], cached[:7]]).astype(np.float32))
 
 
 def test_features_run_in_the_training_precision(in_project: Path, tmp_path: Path) -> None:
     """OpenVINO runs blocks 1-4 in the precision the VGG16 models train in, not in one it picks for the CPU
-    (bfloat16 on CPUs that have it): float32 gives the Keras float32 extractor's activations."""
-    activations = {}
+    (bfloat16 on CPUs that have it): float32 gives the Keras float32 extractor's activations. Where the CPU
+    has no bfloat16, OpenVINO computes in float32 even when asked for bfloat16, and meta.json records it."""
+    activations, computed_in = {}, {}
     for precision in ("float32", "mixed_bfloat16"):
         params = make_params(**{"image_size": SIZE, "pretrained.weights": "vgg.weights.h5",
-                                "pretrained.input_size": None, "features.views": 1, "train.precision": precision})
+                                "pretrained.input_size": None, "features.views": 1, "train.precision": precision,
+                                "models.feature_extraction.views": None, "models.fine_tuning.views": None})
         meta = compute_features(params, Path("data/splits"), tmp_path / precision)
         assert meta["precision"] == precision and meta["runtime"] == "openvino"
         activations[precision] = np.load(tmp_path / precision / "val_block4.npy").astype(np.float32)
+        computed_in[precision] = meta["inference_precision"]
     exact, coarse = activations["float32"], activations["mixed_bfloat16"]
-    assert not np.array_equal(exact, coarse), "bfloat16 rounds: the activations differ"
-    assert np.abs(coarse - exact).mean() < 0.05 * np.abs(exact).mean()  # ... by bfloat16's precision, no more
+    assert computed_in["float32"] == "f32"
+    if computed_in["mixed_bfloat16"] == "bf16":
+        assert not np.array_equal(exact, coarse), "bfloat16 rounds: the activations differ"
+        assert np.abs(coarse - exact).mean() < 0.05 * np.abs(exact).mean()  # ... by bfloat16's precision, no more
+    else:  # OpenVINO has no bfloat16 on this CPU (AVX2): it computes in float32, and the cache says so
+        assert computed_in["mixed_bfloat16"] == "f32" and not catsdogs.cpu_has_fast_bfloat16()
+        np.testing.assert_array_equal(exact, coarse)
     val = read_manifest(manifest_path("val", SPLITS_DIR))
     pixels = np.stack([x for x, _ in image_dataset(val, ("cat", "dog"), SIZE, params.split.max_pixels)])
     keras.mixed_precision.set_global_policy("float32")
@@ -135,6 +158,9 @@ def test_a_run_logs_its_own_settings_under_plain_names(trained: dict, in_project
     assert logged["precision"] in ("float32", "mixed_bfloat16", "mixed_float16")  # what `auto` resolved to
     vgg16 = name in ("feature_extraction", "fine_tuning")
     assert ("pretrained.weights" in logged) == vgg16 and ("features.views" in logged) == vgg16
+    # the cached views it trained on, null resolved: fine-tuning's include one feature extraction never saw
+    expected = {"feature_extraction": "0,1", "fine_tuning": "0,2"}.get(name, "None")
+    assert logged["views"] == expected
     assert ("cnn.initializer" in logged) == (not vgg16)
     assert ("augment.rotation_degrees" in logged) == settings.augment
 

@@ -28,6 +28,7 @@ EVALUATION_DIR = Path("evaluation")
 REPORTS_DIR = Path("reports")
 BACKUP_DIR = Path(".backup")  # interrupted training resumes from here; outside DVC's outputs
 MODEL_NAMES = ("scratch", "augmented", "feature_extraction", "fine_tuning")
+VGG16_MODELS = ("feature_extraction", "fine_tuning")  # trained on the features stage's cached activations
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 SCHEDULES = ("constant", "plateau", "cosine")
 INITIALIZERS = ("he_uniform", "glorot_uniform")
@@ -153,6 +154,9 @@ class ModelParams:
     reduce_lr_patience: int  # with schedule: plateau
     init_from: str | None  # start from this trained model's weights (see INIT_SOURCES); null: from scratch
     label_smoothing: float  # training targets 0/1 pulled towards 0.5 by half this; 0: none
+    # VGG16 models: which cached training views (features stage) they train on, 0 being the images themselves;
+    # None: every view with augment, view 0 without. The CNNs augment on the fly: None.
+    views: tuple[int, ...] | None
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0 and self.batch_size > 0, "models.*.epochs and batch_size must be > 0")
@@ -164,6 +168,12 @@ class ModelParams:
         _require(0 < self.learning_rate < 1, "models.*.learning_rate must be in (0, 1)")
         _require(0 <= self.dropout < 1, "models.*.dropout must be in [0, 1)")
         _require(self.early_stopping_patience >= 0 and self.reduce_lr_patience >= 0, "patience must be >= 0")
+        if self.views is not None:
+            _require(len(self.views) > 0 and len(set(self.views)) == len(self.views) and min(self.views) >= 0,
+                     f"models.*.views must be null or distinct view numbers >= 0, got {list(self.views)}")
+            _require(self.augment or self.views == (0,),
+                     f"models.*.views must be null or [0] with augment: false (view 0 is the only unaugmented "
+                     f"one), got {list(self.views)}")
 
 
 @dataclass(frozen=True)
@@ -268,6 +278,18 @@ class Params:
                 raise ConfigError(f"models.{name}.init_from must be null: no other model has its architecture")
             if settings.init_from is not None:
                 _one_of(f"models.{name}.init_from", settings.init_from, sources)
+            if settings.views is not None and name not in VGG16_MODELS:
+                raise ConfigError(f"models.{name}.views must be null: only the VGG16 models train on cached views")
+            if settings.views is not None and max(settings.views) >= self.features.views:
+                raise ConfigError(f"models.{name}.views {list(settings.views)} asks for view {max(settings.views)}, "
+                                  f"but features.views caches views 0..{self.features.views - 1}")
+
+    def training_views(self, name: str) -> tuple[int, ...]:
+        """The cached views VGG16 model `name` trains on (models.<name>.views, or what null stands for)."""
+        settings = self.models[name]
+        if settings.views is not None:
+            return settings.views
+        return tuple(range(self.features.views)) if settings.augment else (0,)
 
     @property
     def vgg16_input_size(self) -> int:

@@ -54,7 +54,9 @@ def compute_features(params: Params, splits_dir: Path, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"class_names": list(class_names), "views": params.features.views, "cut": VGG16_CUT,
             "image_size": params.image_size, "input_size": params.vgg16_input_size,
-            "precision": precision, "runtime": "openvino"}
+            "precision": precision, "runtime": "openvino",
+            # what OpenVINO computed in ("f32", "bf16"): f32 where the CPU has no bfloat16 (AVX2), whatever was asked
+            "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()}
     for split, images, views in (("train", train, params.features.views), ("val", val, 1)):
         dataset = batched(
             image_dataset(images, class_names, params.image_size, params.split.max_pixels), params.features.batch_size

@@ -17,7 +17,7 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -36,6 +36,7 @@ from catsdogs.config import (
     FEATURES_DIR,
     MODELS_DIR,
     SPLITS_DIR,
+    VGG16_MODELS,
     ConfigError,
     ModelParams,
     Params,
@@ -141,7 +142,7 @@ def train_model(name: str, params: Params, out_dir: Path, backup_dir: Path) -> d
 
 def run_params(name: str, params: Params, precision: str) -> dict[str, Any]:
     """The settings that shaped this model, under the names every run uses: its own models.<name> section as
-    plain keys (epochs, learning_rate, ...), the model's name and the precision `train.precision` resolved
+    plain keys (epochs, learning_rate, views, ...), the model's name and the precision `train.precision` resolved
     to, then the shared sections it read (dotted, as in params.yaml). Not the other models' sections."""
     settings = params.models[name]
     sections = ["image_size", "train"]
@@ -150,7 +151,10 @@ def run_params(name: str, params: Params, precision: str) -> dict[str, Any]:
         sections.append("augment")
     shared = {key: value for key, value in flatten(params).items()
               if any(key == section or key.startswith(f"{section}.") for section in sections)}
-    return {**flatten(settings), "model": name, "precision": precision, **shared}
+    own = flatten(settings)
+    if name in VGG16_MODELS:  # the views it trained on, null resolved
+        own["views"] = ",".join(str(view) for view in params.training_views(name))
+    return {**own, "model": name, "precision": precision, **shared}
 
 
 def resumable_run(backup_dir: Path, flat_params: dict) -> str | None:
@@ -207,23 +211,23 @@ def cnn_job(params: Params, settings: ModelParams) -> TrainingJob:
 
 def feature_extraction_job(params: Params, settings: ModelParams) -> TrainingJob:
     """The VGG16 classifier with its whole base frozen: only the head trains."""
-    features = load_features(FEATURES_DIR, settings.augment, params.vgg16_input_size)
+    features = load_features(FEATURES_DIR, params.training_views("feature_extraction"), params.vgg16_input_size)
     model = _new_vgg16_classifier(params, settings)
     # block5 is frozen too: run it once over the cached activations, then fit only the head.
     block5 = tail_model(model, after=VGG16_CUT, until=VGG16_LAST)
     train = (predict_in_chunks(block5, features["train_x"]), features["train_y"])
-    val = (predict_in_chunks(block5, features["val_x"]), features["val_y"])
+    val = (predict_in_chunks(block5, [features["val_x"]]), features["val_y"])
     return _activations_job(model, VGG16_LAST, train, val, features, settings)
 
 
 def fine_tuning_job(params: Params, settings: ModelParams) -> TrainingJob:
     """The VGG16 classifier with block5 unfrozen, started from the trained feature-extraction model."""
-    features = load_features(FEATURES_DIR, settings.augment, params.vgg16_input_size)
+    features = load_features(FEATURES_DIR, params.training_views("fine_tuning"), params.vgg16_input_size)
     start = load_trained(settings.init_from) if settings.init_from else _new_vgg16_classifier(params, settings)
     set_temperature(start, 1.0)  # train on the plain logit; calibrated again afterwards
     model = unfreeze_block5(start)
     train = (float32_tensor(features["train_x"]), features["train_y"])
-    val = (float32_tensor(features["val_x"]), features["val_y"])
+    val = (float32_tensor([features["val_x"]]), features["val_y"])
     return _activations_job(model, VGG16_CUT, train, val, features, settings)
 
 
@@ -274,9 +278,10 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
         dst.assign(src)
 
 
-def load_features(folder: Path, use_augmented_views: bool, input_size: int) -> dict:
-    """The features stage's meta.json, labels and activations; the activations ("train_x", "val_x") are the
-    float16 files memory-mapped, read when used (float32_tensor, predict_in_chunks)."""
+def load_features(folder: Path, views: Sequence[int], input_size: int) -> dict:
+    """The features stage's meta.json, labels and activations of training views `views` (0: the images
+    themselves). "train_x" is one memory-mapped float16 array per view and "val_x" one array, read when used
+    (float32_tensor, predict_in_chunks); "train_y" the labels of the chosen views' rows, in the same order."""
     meta_file = folder / "meta.json"
     if not meta_file.is_file():
         raise MissingInputError(f"{meta_file} is missing; run: dvc repro features")
@@ -285,31 +290,43 @@ def load_features(folder: Path, use_augmented_views: bool, input_size: int) -> d
     if cached_size != input_size:
         raise MissingInputError(f"{folder} holds VGG16 activations of {cached_size}px images, the params ask for "
                                 f"{input_size}px; run: dvc repro features")
-    train_y = np.load(folder / "train_labels.npy")
-    # rows are view-major: view 0 (the images themselves) comes first
-    rows = len(train_y) if use_augmented_views else meta["train_rows"] // meta["views"]
-    return {**meta, "train_x": np.load(folder / "train_block4.npy", mmap_mode="r")[:rows], "train_y": train_y[:rows],
+    if max(views) >= meta["views"]:
+        raise MissingInputError(f"{folder} caches views 0..{meta['views'] - 1}, the params ask for view "
+                                f"{max(views)}; run: dvc repro features")
+    # rows are view-major: view k holds rows k * images .. (k + 1) * images, in the same image order
+    images = meta["train_rows"] // meta["views"]
+    train_x, train_y = np.load(folder / "train_block4.npy", mmap_mode="r"), np.load(folder / "train_labels.npy")
+    parts = [slice(view * images, (view + 1) * images) for view in views]
+    return {**meta, "train_x": [train_x[part] for part in parts],
+            "train_y": np.concatenate([train_y[part] for part in parts]),
             "val_x": np.load(folder / "val_block4.npy", mmap_mode="r"), "val_y": np.load(folder / "val_labels.npy")}
 
 
-def float32_tensor(cached: np.ndarray, chunk: int = 256):
-    """Cached float16 activations as one float32 tensor, built in chunks (for training on them).
+def _chunks(arrays: Sequence[np.ndarray], chunk: int) -> Iterator[np.ndarray]:
+    for array in arrays:
+        for start in range(0, len(array), chunk):
+            yield array[start : start + chunk]
+
+
+def float32_tensor(cached: Sequence[np.ndarray], chunk: int = 256):
+    """Cached float16 activations (arrays of rows, concatenated) as one float32 tensor, built in chunks (for
+    training on them).
 
     Keras casts float16 arrays to float32 and copies them into a tensor before training on them: three
-    copies of the data at once (at 224 px, 0.8 + 1.6 + 1.6 GB for the training views). Built here, the
+    copies of the data at once (at 224 px, 0.8 + 1.6 + 1.6 GB for two training views). Built here, the
     tensor is what Keras trains on, and the float16 rows are read a chunk at a time.
     """
     import tensorflow as tf
 
-    halves = tf.concat([tf.constant(cached[start : start + chunk]) for start in range(0, len(cached), chunk)], 0)
-    return tf.cast(halves, tf.float32)
+    return tf.cast(tf.concat([tf.constant(rows) for rows in _chunks(cached, chunk)], 0), tf.float32)
 
 
-def predict_in_chunks(model: keras.Model, cached: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """`model`'s outputs over cached float16 activations, read and cast a chunk at a time: a frozen part
-    run once never needs the whole float32 copy (1.6 GB for the training views at 224 px)."""
-    return np.concatenate([np.asarray(model.predict_on_batch(np.asarray(cached[start : start + chunk], np.float32)))
-                           for start in range(0, len(cached), chunk)])
+def predict_in_chunks(model: keras.Model, cached: Sequence[np.ndarray], chunk: int = 64) -> np.ndarray:
+    """`model`'s outputs over cached float16 activations (arrays of rows, concatenated), read and cast a chunk
+    at a time: a frozen part run once never needs the whole float32 copy (1.6 GB for two training views at
+    224 px)."""
+    return np.concatenate([np.asarray(model.predict_on_batch(np.asarray(rows, np.float32)))
+                           for rows in _chunks(cached, chunk)])
 
 
 def calibrate(job: TrainingJob, val_data) -> tuple[float, np.ndarray, np.ndarray]:
