@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from catsdogs import synthetic
-from catsdogs.config import Params, build
+from catsdogs.config import VGG16_MODELS, Params, build
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -186,7 +186,7 @@ def pipeline_project(tmp_path: Path) -> Path:
     params["pretrained"]["weights"] = str(tmp_path / "vgg.weights.h5")
     params["pretrained"]["input_size"] = None  # the VGG16 models see the 48 px images as they are
     params["features"]["views"] = 1  # view 0 only: the VGG16 models train on the images themselves
-    for name in ("feature_extraction", "fine_tuning"):
+    for name in VGG16_MODELS:
         params["models"][name]["views"] = None
     for settings in params["models"].values():
         settings.update(epochs=1, batch_size=8)

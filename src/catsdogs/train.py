@@ -144,15 +144,15 @@ def run_params(name: str, params: Params, precision: str) -> dict[str, Any]:
     """The settings that shaped this model, under the names every run uses: its own models.<name> section as
     plain keys (epochs, learning_rate, views, ...), the model's name and the precision `train.precision` resolved
     to, then the shared sections it read (dotted, as in params.yaml). Not the other models' sections."""
-    settings = params.models[name]
+    settings, vgg16 = params.models[name], name in VGG16_MODELS
     sections = ["image_size", "train"]
-    sections += ["split.max_pixels", "cnn"] if RECIPES[name] is cnn_job else ["pretrained", "features"]
+    sections += ["pretrained", "features"] if vgg16 else ["split.max_pixels", "cnn"]
     if settings.augment:
         sections.append("augment")
     shared = {key: value for key, value in flatten(params).items()
               if any(key == section or key.startswith(f"{section}.") for section in sections)}
     own = flatten(settings)
-    if name in VGG16_MODELS:  # the views it trained on, null resolved
+    if vgg16:  # the views it trained on, null resolved
         own["views"] = ",".join(str(view) for view in params.training_views(name))
     return {**own, "model": name, "precision": precision, **shared}
 
