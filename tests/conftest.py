@@ -168,17 +168,23 @@ def run_checked(args: list[str], cwd: Path, env: dict[str, str] | None = None,
     return result
 
 
-def pipeline_project(tmp_path: Path) -> Path:
-    """A git + DVC repository of the project's pipeline over a generated archive (48 px, 1 epoch per model)."""
+def random_vgg16_weights(path: Path, size: int, seed: int = 0) -> Path:
+    """A VGG16 conv base's weights file with seeded random weights (no download): every session's models
+    are the same, so what a test measures on them (how closely the int8 copy follows, say) is too."""
     import keras
 
+    keras.utils.set_random_seed(seed)
+    keras.applications.VGG16(weights=None, include_top=False, input_shape=(size, size, 3)).save_weights(path)
+    return path
+
+
+def pipeline_project(tmp_path: Path) -> Path:
+    """A git + DVC repository of the project's pipeline over a generated archive (48 px, 1 epoch per model)."""
     project = copy_project(tmp_path / "project")
     images = tmp_path / "images"
     synthetic.write_dataset(images, per_class=15, layout="filtered")
     archive = synthetic.zip_folder(images, tmp_path / "cats_and_dogs_filtered.zip")
-    keras.applications.VGG16(weights=None, include_top=False, input_shape=(48, 48, 3)).save_weights(
-        tmp_path / "vgg.weights.h5"
-    )
+    random_vgg16_weights(tmp_path / "vgg.weights.h5", 48)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["url"] = archive.as_uri()
     params["split"].update(train=0.6, val=0.2, test=0.2)
@@ -206,17 +212,13 @@ SIZE = 48  # the smallest image the book's CNN takes: fast tests
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project folder: generated images split into manifests, random VGG16 weights, cached features."""
-    import keras
-
     from catsdogs.config import FEATURES_DIR, load_params
     from catsdogs.features import compute_features
     from catsdogs.split import split_dataset
 
     root = tmp_path_factory.mktemp("project")
     synthetic.write_dataset(root / "data" / "raw", per_class=24, layout="classes")
-    keras.applications.VGG16(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3)).save_weights(
-        root / "vgg.weights.h5"
-    )
+    random_vgg16_weights(root / "vgg.weights.h5", SIZE)
     raw = params_dict(**{"image_size": SIZE, "pretrained.weights": "vgg.weights.h5", "pretrained.input_size": None,
                          "features.views": 3,  # as params.yaml: the VGG16 models' views are the defaults
                          "split.train": 0.5, "split.val": 0.25, "split.test": 0.25,
