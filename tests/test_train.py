@@ -68,17 +68,22 @@ def test_cached_activations_are_read_a_chunk_at_a_time(tmp_path: Path) -> None:
                                   np.concatenate([cached[7:], cached[:7]]).astype(np.float32))
 
 
+def _one_view(**changes) -> dict:
+    """Params of the tiny project's features stage with the images alone (view 0), changed by `changes`."""
+    return make_params(**{"image_size": SIZE, "pretrained.weights": "vgg.weights.h5", "pretrained.input_size": None,
+                          "features.views": 1, "models.feature_extraction.views": None,
+                          "models.fine_tuning.views": None, **changes})
+
+
 def test_features_run_in_the_training_precision(in_project: Path, tmp_path: Path) -> None:
-    """OpenVINO runs blocks 1-4 in the precision the VGG16 models train in, not in one it picks for the CPU
-    (bfloat16 on CPUs that have it): float32 gives the Keras float32 extractor's activations. Where the CPU
-    has no bfloat16, OpenVINO computes in float32 even when asked for bfloat16, and meta.json records it."""
+    """Without features.int8, OpenVINO runs blocks 1-4 in the precision the VGG16 models train in, not in one it
+    picks for the CPU (bfloat16 on CPUs that have it): float32 gives the Keras float32 extractor's activations.
+    Where the CPU has no bfloat16, OpenVINO computes in float32 even when asked for bfloat16, as meta.json says."""
     activations, computed_in = {}, {}
     for precision in ("float32", "mixed_bfloat16"):
-        params = make_params(**{"image_size": SIZE, "pretrained.weights": "vgg.weights.h5",
-                                "pretrained.input_size": None, "features.views": 1, "train.precision": precision,
-                                "models.feature_extraction.views": None, "models.fine_tuning.views": None})
+        params = _one_view(**{"train.precision": precision, "features.int8": False})
         meta = compute_features(params, Path("data/splits"), tmp_path / precision)
-        assert meta["precision"] == precision and meta["runtime"] == "openvino"
+        assert meta["precision"] == precision and meta["runtime"] == "openvino" and meta["int8"] is False
         activations[precision] = np.load(tmp_path / precision / "val_block4.npy").astype(np.float32)
         computed_in[precision] = meta["inference_precision"]
     exact, coarse = activations["float32"], activations["mixed_bfloat16"]
@@ -96,6 +101,24 @@ def test_features_run_in_the_training_precision(in_project: Path, tmp_path: Path
     assert exact.shape == keras_activations.shape
     # only the cache's float16 storage (3 significant digits) between them; bfloat16 would be off by more
     np.testing.assert_allclose(exact, keras_activations, rtol=2e-3, atol=1e-3 * np.abs(keras_activations).max())
+
+
+def test_int8_features_approximate_the_float32_ones(in_project: Path, tmp_path: Path) -> None:
+    """features.int8 quantizes blocks 1-4 on the seeded calibration images before caching: activations close to
+    the float32 ones but rounded, the same from one run to the next, and meta.json says how they were made."""
+    exact = compute_features(_one_view(**{"train.precision": "float32", "features.int8": False}), SPLITS_DIR,
+                             tmp_path / "float32")
+    assert exact["int8"] is False
+    runs = [compute_features(_one_view(**{"train.precision": "float32", "features.int8": True,
+                                          "compress.calibration_images": 12}), SPLITS_DIR, tmp_path / f"int8-{i}")
+            for i in range(2)]
+    assert runs[0]["int8"] is True and runs[0]["inference_precision"] == "f32"
+    float32, int8, again = (np.load(tmp_path / folder / "val_block4.npy").astype(np.float32)
+                            for folder in ("float32", "int8-0", "int8-1"))
+    np.testing.assert_array_equal(int8, again)
+    assert not np.array_equal(int8, float32), "int8 rounds"
+    assert np.corrcoef(int8.reshape(-1), float32.reshape(-1))[0, 1] > 0.99
+    assert np.abs(int8 - float32).mean() < 0.1 * np.abs(float32).mean()
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

@@ -182,6 +182,7 @@ class FeaturesParams:
 
     views: int  # per training image: the original plus views - 1 augmented copies
     batch_size: int
+    int8: bool  # blocks 1-4 quantized to int8 (as compress quantizes the served model); false: train.precision
 
     def __post_init__(self) -> None:
         _require(self.views >= 1 and self.batch_size >= 1, "features.views and features.batch_size must be >= 1")

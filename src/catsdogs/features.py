@@ -6,9 +6,13 @@ Training the VGG16 models on these (train.py) gives the same models as running t
 layers every epoch, for a fraction of the compute: VGG16 blocks 1-4 hold most of its operations.
 Training views: view 0 is the image itself, views 1.. are random augmentations of it (the
 augment section, the same layers the models carry), so augmentation survives the caching.
-Blocks 1-4 run through OpenVINO (catsdogs.int8.convert) in the precision the VGG16 models train in
-(train.precision: bfloat16 for mixed_bfloat16, else float32), never in a precision OpenVINO picks for
-the CPU; as fast as TensorFlow in either (reports/decisions.md, "The features stage").
+Blocks 1-4 run through OpenVINO. With features.int8 (the default) they are quantized to int8 first,
+as compress quantizes the served model and on the same training images (compress.calibration_images):
+the VGG16 models train on the activations the served int8 model computes, and the stage costs about
+the same on any CPU with AVX512-VNNI or AMX, with or without native bfloat16 (reports/decisions.md,
+"Blocks 1-4 in int8"). Without it they run in the precision the VGG16 models train in
+(train.precision: bfloat16 for mixed_bfloat16, else float32), never in a precision OpenVINO picks
+for the CPU. The layers OpenVINO leaves in floating point compute in that precision either way.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from catsdogs import configure_logging
 from catsdogs.augment import build_augmentation
 from catsdogs.config import FEATURES_DIR, SPLITS_DIR, ConfigError, Params, load_params
 from catsdogs.data import MissingInputError, batched, binary_class_names, image_dataset, manifest_path, read_manifest
-from catsdogs.int8 import compile_for_cpu, convert
+from catsdogs.images import load_pixels
+from catsdogs.int8 import calibration_images, compile_for_cpu, convert, quantize
 from catsdogs.models import VGG16_CUT, WeightsError, build_vgg16_extractor, set_precision
 
 log = logging.getLogger(__name__)
@@ -48,13 +53,21 @@ def compute_features(params: Params, splits_dir: Path, out_dir: Path) -> dict:
     class_names = binary_class_names(train)
     precision = set_precision(params.train.precision)  # as the models that will run these layers
     extractor = build_vgg16_extractor(params.pretrained.weights, params.image_size, params.vgg16_input_size)
-    compiled = compile_for_cpu(convert(extractor), precision="bf16" if precision == "mixed_bfloat16" else "f32")
+    if params.features.int8:
+        chosen = calibration_images(train, params.compress.calibration_images, params.train.seed)
+        log.info("features: quantizing VGG16 blocks 1-4 to int8 on %d training images", len(chosen))
+        ov_model = quantize(extractor, np.stack(
+            [load_pixels(image.path, params.image_size, params.split.max_pixels) for image in chosen]
+        ).astype(np.float32))
+    else:
+        ov_model = convert(extractor)
+    compiled = compile_for_cpu(ov_model, precision="bf16" if precision == "mixed_bfloat16" else "f32")
     request, output = compiled.create_infer_request(), compiled.output(0)
     augmentation = build_augmentation(params.augment, params.train.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"class_names": list(class_names), "views": params.features.views, "cut": VGG16_CUT,
             "image_size": params.image_size, "input_size": params.vgg16_input_size,
-            "precision": precision, "runtime": "openvino",
+            "precision": precision, "runtime": "openvino", "int8": params.features.int8,
             # what OpenVINO computed in ("f32", "bf16"): f32 where the CPU has no bfloat16 (AVX2), whatever was asked
             "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()}
     for split, images, views in (("train", train, params.features.views), ("val", val, 1)):

@@ -110,6 +110,13 @@ def quantize(model: Any, calibration_pixels: np.ndarray) -> Any:
                          preset=nncf.QuantizationPreset.PERFORMANCE)
 
 
+def calibration_images(images: list, count: int, seed: int) -> list:
+    """The `count` of `images` (a training manifest) whose activations set the int8 ranges: a seeded choice in
+    manifest order, the same for compress and features, so blocks 1-4 quantize alike in both."""
+    chosen = np.random.default_rng(seed).choice(len(images), min(count, len(images)), replace=False)
+    return [images[i] for i in sorted(chosen)]
+
+
 def save(ov_model: Any, folder: Path) -> None:
     """model.xml and model.bin in `folder`, written beside their names and renamed (DVC never sees half)."""
     ov = _openvino()

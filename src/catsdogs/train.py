@@ -146,7 +146,7 @@ def run_params(name: str, params: Params, precision: str) -> dict[str, Any]:
     to, then the shared sections it read (dotted, as in params.yaml). Not the other models' sections."""
     settings, vgg16 = params.models[name], name in VGG16_MODELS
     sections = ["image_size", "train"]
-    sections += ["pretrained", "features"] if vgg16 else ["split.max_pixels", "cnn"]
+    sections += ["pretrained", "features", "compress.calibration_images"] if vgg16 else ["split.max_pixels", "cnn"]
     if settings.augment:
         sections.append("augment")
     shared = {key: value for key, value in flatten(params).items()
