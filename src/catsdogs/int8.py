@@ -1,5 +1,5 @@
 """Keras models run by OpenVINO: a trained model compressed to int8 for serving (NNCF's post-training
-quantization), and the conversion that both it and the features stage use.
+quantization), and the conversion and quantization that the features stage uses too (VGG16 blocks 1-4).
 
 `quantize` turns a saved Keras model into an OpenVINO model whose convolutions and dense layers run in
 int8: the same input (raw 0-255 pixels, image_size square) and the same output (the calibrated
