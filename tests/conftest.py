@@ -192,6 +192,7 @@ def pipeline_project(tmp_path: Path) -> Path:
     params["pretrained"]["weights"] = str(tmp_path / "vgg.weights.h5")
     params["pretrained"]["input_size"] = None  # the VGG16 models see the 48 px images as they are
     params["features"]["views"] = 1  # view 0 only: the VGG16 models train on the images themselves
+    params["features"]["int8"] = False  # the stages' wiring is under test here; int8 features: tests/test_train.py
     for name in VGG16_MODELS:
         params["models"][name]["views"] = None
     for settings in params["models"].values():
