@@ -26,7 +26,7 @@ from catsdogs import configure_logging
 from catsdogs.config import COMPRESSED_DIR, MODELS_DIR, SPLITS_DIR, ConfigError, Params, load_params
 from catsdogs.data import LabelledImage, MissingInputError, manifest_path, read_manifest
 from catsdogs.images import load_pixels
-from catsdogs.int8 import XML, Int8Model, calibration_images, quantize, save
+from catsdogs.int8 import XML, Int8Model, calibration_pixels, quantize, save
 from catsdogs.layers import RandomAffine, TemperatureSigmoid, VGG16Preprocess  # noqa: F401  (the saved model's layers)
 from catsdogs.tracking import TRACKING_ERRORS, mlflow, setup_mlflow, tracking_failure
 
@@ -57,8 +57,7 @@ def compress_model(params: Params, model_dir: Path, out_dir: Path, splits_dir: P
     model = keras.models.load_model(model_dir / "model.keras")
     size, max_pixels = model.input_shape[1], params.split.max_pixels
     train = read_manifest(manifest_path("train", splits_dir))
-    chosen = calibration_images(train, params.compress.calibration_images, params.train.seed)
-    calibration, _ = _pixels(chosen, class_names, size, max_pixels)
+    calibration = calibration_pixels(train, params.compress.calibration_images, params.train.seed, size, max_pixels)
     val_pixels, y = _pixels(read_manifest(manifest_path("val", splits_dir)), class_names, size, max_pixels)
 
     started = time.perf_counter()

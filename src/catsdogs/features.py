@@ -30,8 +30,7 @@ from catsdogs import configure_logging
 from catsdogs.augment import build_augmentation
 from catsdogs.config import FEATURES_DIR, SPLITS_DIR, ConfigError, Params, load_params
 from catsdogs.data import MissingInputError, batched, binary_class_names, image_dataset, manifest_path, read_manifest
-from catsdogs.images import load_pixels
-from catsdogs.int8 import calibration_images, compile_for_cpu, convert, quantize
+from catsdogs.int8 import calibration_pixels, compile_for_cpu, convert, quantize
 from catsdogs.models import VGG16_CUT, WeightsError, build_vgg16_extractor, set_precision
 
 log = logging.getLogger(__name__)
@@ -54,11 +53,10 @@ def compute_features(params: Params, splits_dir: Path, out_dir: Path) -> dict:
     precision = set_precision(params.train.precision)  # as the models that will run these layers
     extractor = build_vgg16_extractor(params.pretrained.weights, params.image_size, params.vgg16_input_size)
     if params.features.int8:
-        chosen = calibration_images(train, params.compress.calibration_images, params.train.seed)
-        log.info("features: quantizing VGG16 blocks 1-4 to int8 on %d training images", len(chosen))
-        ov_model = quantize(extractor, np.stack(
-            [load_pixels(image.path, params.image_size, params.split.max_pixels) for image in chosen]
-        ).astype(np.float32))
+        calibration = calibration_pixels(train, params.compress.calibration_images, params.train.seed,
+                                         params.image_size, params.split.max_pixels)
+        log.info("features: quantizing VGG16 blocks 1-4 to int8 on %d training images", len(calibration))
+        ov_model = quantize(extractor, calibration)
     else:
         ov_model = convert(extractor)
     compiled = compile_for_cpu(ov_model, precision="bf16" if precision == "mixed_bfloat16" else "f32")

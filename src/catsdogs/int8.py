@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from catsdogs.images import load_pixels
+
 # NNCF sends usage statistics unless told it runs in CI (its only switch). OpenVINO's model converter
 # does too: openvino is imported through _openvino.
 os.environ.setdefault("NNCF_CI", "1")
@@ -110,11 +112,12 @@ def quantize(model: Any, calibration_pixels: np.ndarray) -> Any:
                          preset=nncf.QuantizationPreset.PERFORMANCE)
 
 
-def calibration_images(images: list, count: int, seed: int) -> list:
-    """The `count` of `images` (a training manifest) whose activations set the int8 ranges: a seeded choice in
-    manifest order, the same for compress and features, so blocks 1-4 quantize alike in both."""
+def calibration_pixels(images: list, count: int, seed: int, size: int, max_pixels: int) -> np.ndarray:
+    """The pixels (float32, size square) of the `count` of `images` (a training manifest) whose activations set
+    the int8 ranges: a seeded choice in manifest order, the same for compress and features, so blocks 1-4
+    quantize alike in both."""
     chosen = np.random.default_rng(seed).choice(len(images), min(count, len(images)), replace=False)
-    return [images[i] for i in sorted(chosen)]
+    return np.stack([load_pixels(images[i].path, size, max_pixels) for i in sorted(chosen)]).astype(np.float32)
 
 
 def save(ov_model: Any, folder: Path) -> None:
