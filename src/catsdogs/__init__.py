@@ -35,14 +35,22 @@ def cpu_has_fast_bfloat16() -> bool:
 
 
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo; the platform's processor name elsewhere."""
+    """The CPU's model name from /proc/cpuinfo with its family and model numbers, which tell its generation
+    where a virtual machine's name does not ("AMD EPYC (family 26, model 2)"); the platform's processor name
+    elsewhere."""
     import platform
 
     try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
+        fields: dict[str, str] = {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+        name = fields["model name"]
+    except (OSError, KeyError):
         return platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        return f"{name} (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def describe_machine() -> str:
