@@ -60,7 +60,7 @@ def test_project_params_load_with_pinned_defaults() -> None:
         ({"models.fine_tuning.views": [-1]}, "views must be null or distinct view numbers"),
         ({"models.fine_tuning.views": 2}, "models.fine_tuning.views must be a list"),
         ({"models.fine_tuning.views": [0, 3]}, r"asks for view 3, but features.views caches views 0\.\.2"),
-        ({"features.views": 2}, r"models.fine_tuning.views \[0, 2\] asks for view 2"),  # set views with it
+        ({"features.views": 2}, r"models.fine_tuning.views \[0, 1, 2\] asks for view 2"),  # set views with it
         ({"models.feature_extraction.augment": False}, r"views must be null or \[0\] with augment: false"),
         ({"models.augmented.views": [0]}, "models.augmented.views must be null: only the VGG16 models"),
     ],
@@ -88,7 +88,7 @@ def test_unknown_and_missing_keys_name_themselves(tmp_path: Path) -> None:
 def test_training_views_default_to_every_view_with_augmentation_and_the_images_without() -> None:
     params = load_params(ROOT / "params.yaml")
     assert params.training_views("feature_extraction") == (0, 1)
-    assert params.training_views("fine_tuning") == (0, 2)  # a view feature extraction never trained on
+    assert params.training_views("fine_tuning") == (0, 1, 2)  # with one feature extraction never trained on
     free = {"models.feature_extraction.views": None, "models.fine_tuning.views": None, "features.views": 10}
     assert make_params(**free).training_views("fine_tuning") == tuple(range(10))
     assert make_params(**free, **{"models.fine_tuning.augment": False}).training_views("fine_tuning") == (0,)
