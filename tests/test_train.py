@@ -60,6 +60,9 @@ def test_cached_activations_are_read_a_chunk_at_a_time(tmp_path: Path) -> None:
     tensor = float32_tensor([mapped], chunk=4)
     assert tensor.dtype == "float32" and tensor.shape == cached.shape
     np.testing.assert_array_equal(np.asarray(tensor), cached.astype(np.float32))
+    # TensorFlow's kernels take the buffer it was given (they abort on a misaligned one), as training's gather does
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(keras.ops.take(tensor, [9, 0], axis=0)),
+                                  cached[[9, 0]].astype(np.float32))
     # several arrays (the chosen views) are read in turn, as one: rows in order, none dropped at a seam
     parts = [mapped[7:], mapped[:7]]
     np.testing.assert_allclose(predict_in_chunks(model, parts, chunk=4), np.concatenate([whole[7:], whole[:7]]),
