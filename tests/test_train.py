@@ -185,7 +185,7 @@ def test_a_run_logs_its_own_settings_under_plain_names(trained: dict, in_project
     vgg16 = name in ("feature_extraction", "fine_tuning")
     assert ("pretrained.weights" in logged) == vgg16 and ("features.views" in logged) == vgg16
     # the cached views it trained on, null resolved: fine-tuning's include one feature extraction never saw
-    expected = {"feature_extraction": "0,1", "fine_tuning": "0,2"}.get(name, "None")
+    expected = {"feature_extraction": "0,1", "fine_tuning": "0,1,2"}.get(name, "None")
     assert logged["views"] == expected
     assert ("cnn.initializer" in logged) == (not vgg16)
     assert ("augment.rotation_degrees" in logged) == settings.augment
