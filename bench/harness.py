@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -108,11 +108,20 @@ def served_model_process(project: Path, model_uri: str = "models:/catsdogs@champ
 
 def group_rss(leader: subprocess.Popen) -> int:
     """Bytes resident in the process group `leader` leads (a server and its workers)."""
-    total = 0
+    return int(_group_sum(leader, lambda process: process.memory_info().rss))
+
+
+def group_cpu_seconds(leader: subprocess.Popen) -> float:
+    """CPU seconds (user and system) that the live processes of `leader`'s group have used so far."""
+    return _group_sum(leader, lambda process: sum(process.cpu_times()[:2]))
+
+
+def _group_sum(leader: subprocess.Popen, measure: Callable[[psutil.Process], float]) -> float:
+    total = 0.0
     for process in psutil.process_iter(["pid"]):
         with suppress(psutil.Error, ProcessLookupError):
             if os.getpgid(process.info["pid"]) == leader.pid:
-                total += process.memory_info().rss
+                total += measure(process)
     return total
 
 

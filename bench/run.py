@@ -387,7 +387,8 @@ def serving_section(s: dict) -> list[str]:
         "## Serving the champion over HTTP",
         "",
         f"`{serving['command']}`; request: one {serving['image']} (`bench/serving.py`). Peak memory of the "
-        f"server's processes under load: {serving.get('server_peak_rss_mib', 'n/a')} MiB.",
+        f"server's processes under load: {serving.get('server_peak_rss_mib', 'n/a')} MiB; their CPU time per "
+        f"request under load: {con.get('server_cpu_ms_per_request', 'n/a')} ms.",
         "",
         "| load | requests | errors | p50 | p95 | p99 | images/s |",
         "|---|---|---|---|---|---|---|",

@@ -6,9 +6,12 @@
 In WORKSPACE (a project folder after `dvc repro`): starts the server on a free local port, then
 1. sequential: one client, one 150x150 JPEG per request (a test image, resized), --requests times;
 2. concurrent: --clients clients, each sending that request back to back for --seconds.
-Every request is a real HTTP POST of base64 JPEG to /invocations; anything but HTTP 200 with one
-prediction counts as an error. Reports p50/p95/p99 latency (ms), images per second and the peak
-resident memory of the server's processes (sampled every 0.5 s under load).
+Every request is a real HTTP POST of base64 JPEG to /invocations over a kept-alive connection per client;
+anything but HTTP 200 with one prediction counts as an error. Reports p50/p95/p99 latency (ms), images per
+second, the CPU time the server's processes spent per request under load, and their peak resident memory
+(sampled every 0.5 s under load). The clients share the machine's cores with the server: they are plain
+http.client connections, which cost far less CPU per request than a `requests` session
+(reports/decisions.md, "The served champion under load").
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
+import http.client
 import io
 import json
 import sys
@@ -24,10 +28,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import requests
 from PIL import Image
 
-from bench.harness import group_rss, served_model_process, write_result
+from bench.harness import group_cpu_seconds, group_rss, served_model_process, write_result
 
 
 def main() -> None:
@@ -52,12 +55,12 @@ def benchmark(workspace: Path, sequential: int, clients: int, seconds: float, wo
     image_path, body = request_body(workspace)
     extra_args = ("--workers", str(workers)) if workers != 1 else ()
     with served_model_process(workspace, model, extra_args=extra_args, extra_env=env) as (base, server):
-        url = f"{base}/invocations"
-        session = requests.Session()
-        for _ in range(5):  # warm-up: the first calls build TensorFlow's kernels
-            if not post(session, url, body)[1]:
-                raise SystemExit(f"the served model does not answer {url} correctly; see serve.log")
-        single = [post(session, url, body) for _ in range(sequential)]
+        client = Client(base)
+        for _ in range(5):  # warm-up: the first calls build the model's kernels
+            if not client.post(body)[1]:
+                raise SystemExit(f"the served model does not answer {base}/invocations correctly; see serve.log")
+        single = [client.post(body) for _ in range(sequential)]
+        client.close()
         peak = [group_rss(server)]
         done = threading.Event()
 
@@ -67,9 +70,12 @@ def benchmark(workspace: Path, sequential: int, clients: int, seconds: float, wo
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        concurrent = load_test(url, body, clients, seconds)
+        cpu_before = group_cpu_seconds(server)
+        concurrent = load_test(base, body, clients, seconds)
+        cpu = group_cpu_seconds(server) - cpu_before
         done.set()
         sampler.join()
+    concurrent["server_cpu_ms_per_request"] = round(1000 * cpu / max(concurrent["requests"], 1), 1)
     return {
         "server_peak_rss_mib": round(peak[0] / 2**20),
         "model": model,
@@ -92,29 +98,44 @@ def request_body(workspace: Path) -> tuple[Path, bytes]:
     return path, json.dumps({"dataframe_records": [{"image": image}]}).encode()
 
 
-def post(session: requests.Session, url: str, body: bytes) -> tuple[float, bool]:
-    started = time.perf_counter()
-    try:
-        response = session.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=60)
-        ok = response.status_code == 200 and len(response.json()["predictions"]) == 1
-    except (requests.RequestException, ValueError, KeyError):
-        ok = False
-    return (time.perf_counter() - started) * 1000, ok
+class Client:
+    """One kept-alive HTTP connection to the server at `base` (http://host:port)."""
+
+    def __init__(self, base: str):
+        host, port = base.removeprefix("http://").split(":")
+        self.connection = http.client.HTTPConnection(host, int(port), timeout=60)
+
+    def post(self, body: bytes) -> tuple[float, bool]:
+        """(milliseconds, answered with HTTP 200 and one prediction) for one POST of `body` to /invocations."""
+        started = time.perf_counter()
+        try:
+            self.connection.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+            response = self.connection.getresponse()
+            payload = response.read()
+            ok = response.status == 200 and len(json.loads(payload)["predictions"]) == 1
+        except (OSError, http.client.HTTPException, ValueError, KeyError):
+            self.connection.close()  # reconnects on the next request
+            ok = False
+        return (time.perf_counter() - started) * 1000, ok
+
+    def close(self) -> None:
+        self.connection.close()
 
 
-def load_test(url: str, body: bytes, clients: int, seconds: float) -> dict:
+def load_test(base: str, body: bytes, clients: int, seconds: float) -> dict:
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
 
     def client() -> None:
-        session = requests.Session()
+        connection = Client(base)
         while time.perf_counter() < deadline:
-            ms, ok = post(session, url, body)
+            ms, ok = connection.post(body)
             with lock:
                 latencies.append(ms)
                 errors[0] += not ok
+        connection.close()
 
     started = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]

@@ -45,8 +45,10 @@ def test_compress_writes_an_int8_model_that_answers_like_the_keras_one(champion:
 
 
 def test_int8_model_answers_concurrent_callers_each_their_own(champion: dict, in_project: Path) -> None:
-    """The scoring server calls predict from several threads at once: no answer may be another's."""
-    int8 = Int8Model(COMPRESSED_DIR / "model.xml")
+    """The scoring server calls predict from several threads at once: no answer may be another's, and the calls
+    made while another runs (through the second compilation, a stream per core) answer as a lone call does."""
+    int8 = Int8Model(COMPRESSED_DIR / "model.xml", concurrent=True)
+    assert int8.side_by_side is not None
     batches = [np.random.default_rng(seed).integers(0, 256, (1 + seed % 3, 48, 48, 3)).astype("float32")
                for seed in range(8)]
     expected = [int8.predict(batch) for batch in batches]
@@ -65,6 +67,8 @@ def test_int8_model_answers_concurrent_callers_each_their_own(champion: dict, in
         assert len(results) == 10
         for result in results:
             np.testing.assert_array_equal(result, expected[i])
+    side_by_side = int8.side_by_side.create_infer_request().infer({0: batches[3]})[int8.side_by_side.output(0)]
+    np.testing.assert_array_equal(np.asarray(side_by_side).reshape(-1), expected[3])
 
 
 def test_float32_copy_computes_in_float32_with_the_same_weights() -> None:

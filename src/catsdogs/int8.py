@@ -87,13 +87,15 @@ def _telemetry_off() -> Iterator[None]:
             os.environ["CI"] = before
 
 
-def compile_for_cpu(ov_model: Any, threads: int | None = None, precision: str | None = None) -> Any:
-    """`ov_model` (an openvino.Model or a model.xml path) compiled for this CPU: one stream using every core
-    (on 2 cores as fast in batches as two streams fed at once: reports/decisions.md). `precision` ("f32",
-    "bf16") is what the layers left in floating point compute in; None: OpenVINO's default for this CPU,
-    which is bfloat16 wherever the CPU has it natively (AVX512-BF16, AMX)."""
+def compile_for_cpu(ov_model: Any, threads: int | None = None, precision: str | None = None,
+                    hint: str = "LATENCY") -> Any:
+    """`ov_model` (an openvino.Model or a model.xml path) compiled for this CPU. hint "LATENCY": one stream using
+    every core, for one call at a time (on 2 cores as fast in batches as two streams fed at once:
+    reports/decisions.md); "THROUGHPUT": OpenVINO's streams for calls side by side (on 2 cores: two streams of one
+    thread each). `precision` ("f32", "bf16") is what the layers left in floating point compute in; None:
+    OpenVINO's default for this CPU, which is bfloat16 wherever the CPU has it natively (AVX512-BF16, AMX)."""
     ov = _openvino()
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     if precision:
@@ -132,19 +134,36 @@ def save(ov_model: Any, folder: Path) -> None:
 class Int8Model:
     """p(positive class) from raw pixels with a saved int8 model (model.xml; model.bin beside it).
 
-    One OpenVINO compiled model, one inference request per calling thread: concurrent requests of the
-    scoring server run side by side instead of sharing (and corrupting) one request's buffers.
+    Safe to call from several threads at once, as the scoring server does, each thread with inference requests
+    of its own. A call made while no other runs goes through the model compiled for latency (every core on it);
+    calls made while another runs go through a second compilation with one stream per core, so that concurrent
+    requests run side by side, each on a core, instead of taking turns on all of them: on 2 cores threads that
+    take turns lose CPU time at every hand-off (reports/decisions.md, "The served champion under load").
+    `concurrent=False` (a single caller): the latency compilation only, one model in memory.
     """
 
-    def __init__(self, xml: Path | str, threads: int | None = None):
+    def __init__(self, xml: Path | str, threads: int | None = None, concurrent: bool = False):
         self.compiled = compile_for_cpu(xml, threads)
+        self.side_by_side = compile_for_cpu(xml, threads, hint="THROUGHPUT") if concurrent else None
         self.image_size = int(self.compiled.input(0).get_partial_shape()[1].get_length())
         self._local = threading.local()
+        self._running = 0
+        self._lock = threading.Lock()
+        if self.side_by_side is not None:  # its first call builds what it needs; not the first request's
+            blank = np.zeros((1, self.image_size, self.image_size, 3), np.float32)
+            self.side_by_side.create_infer_request().infer({0: blank})
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """(N, size, size, 3) pixels -> N probabilities (float64)."""
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
-        result = request.infer({0: np.ascontiguousarray(pixels, dtype=np.float32)})
-        return np.asarray(result[self.compiled.output(0)]).reshape(-1).astype(np.float64)
+        with self._lock:
+            compiled = self.compiled if self._running == 0 or self.side_by_side is None else self.side_by_side
+            self._running += 1
+        try:
+            requests = self._local.__dict__.setdefault("requests", {})  # this thread's, one per compilation
+            if id(compiled) not in requests:
+                requests[id(compiled)] = compiled.create_infer_request()
+            result = requests[id(compiled)].infer({0: np.ascontiguousarray(pixels, dtype=np.float32)})
+            return np.asarray(result[compiled.output(0)]).reshape(-1).astype(np.float64)
+        finally:
+            with self._lock:
+                self._running -= 1

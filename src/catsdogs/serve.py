@@ -69,10 +69,11 @@ class ImageClassifier(PythonModel):
         if "int8_model" in context.artifacts:
             from catsdogs.int8 import XML, Int8Model
 
-            int8 = Int8Model(os.path.join(context.artifacts["int8_model"], XML))
+            int8 = Int8Model(os.path.join(context.artifacts["int8_model"], XML), concurrent=True)
             self.model: Any = int8
             self.image_size = int8.image_size
-            predict = int8.predict
+            # concurrent requests run side by side in it, each on a core (catsdogs.int8)
+            self._predict_batch: Callable[[np.ndarray], np.ndarray] = int8.predict
         else:
             import keras
 
@@ -82,7 +83,7 @@ class ImageClassifier(PythonModel):
             self.image_size = int(self.model.input_shape[1])
             # predict_on_batch: one graph call; predict() would build a tf.data pipeline for every request
             predict = self.model.predict_on_batch
-        self._predict_batch = CallBatcher(lambda x: np.asarray(predict(x)).reshape(-1), MAX_IMAGES_PER_REQUEST)
+            self._predict_batch = CallBatcher(lambda x: np.asarray(predict(x)).reshape(-1), MAX_IMAGES_PER_REQUEST)
         # Warm-up: the first call builds the kernels; the first request should not wait for it.
         self._p_positive(np.zeros((1, self.image_size, self.image_size, 3), np.float32))
 
