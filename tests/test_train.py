@@ -216,7 +216,7 @@ def test_fine_tuning_starts_from_the_feature_extraction_head(trained: dict, in_p
     head = keras.models.load_model(MODELS_DIR / "feature_extraction" / "model.keras").get_layer("head_dense")
     tuned = keras.models.load_model(MODELS_DIR / "fine_tuning" / "model.keras")
     assert head.kernel.shape == tuned.get_layer("head_dense").kernel.shape
-    # One epoch at a learning rate of 1e-5 moves the head only a little from where it started.
+    # A few steps at a learning rate of 2e-5 move the head only a little from where it started.
     assert np.abs(head.kernel.numpy() - tuned.get_layer("head_dense").kernel.numpy()).max() < 0.05
     # It trained on the plain logit, then got a temperature of its own (not feature extraction's)
     fitted = float(tuned.get_layer("p_dog").temperature.numpy())
