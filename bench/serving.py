@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
@@ -102,8 +103,8 @@ class Client:
     """One kept-alive HTTP connection to the server at `base` (http://host:port)."""
 
     def __init__(self, base: str):
-        host, port = base.removeprefix("http://").split(":")
-        self.connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        address = urlsplit(base)
+        self.connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
 
     def post(self, body: bytes) -> tuple[float, bool]:
         """(milliseconds, answered with HTTP 200 and one prediction) for one POST of `body` to /invocations."""
