@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import keras
 import mlflow
 import numpy as np
 import pytest
 
-from catsdogs.config import COMPRESSED_DIR, MODELS_DIR, SPLITS_DIR, load_params
+from catsdogs.compress import compress_model
+from catsdogs.config import COMPRESSED_DIR, MODELS_DIR, SPLITS_DIR, ConfigError, load_params
 from catsdogs.data import manifest_path, read_manifest
 from catsdogs.images import load_pixels
-from catsdogs.int8 import Int8Model, float32_copy
+from catsdogs.int8 import Int8Model, float32_copy, quantize, save
 from catsdogs.models import build_vgg16_classifier
+from conftest import make_params
 
 
 def test_compress_writes_an_int8_model_that_answers_like_the_keras_one(champion: dict, in_project: Path) -> None:
@@ -25,8 +28,9 @@ def test_compress_writes_an_int8_model_that_answers_like_the_keras_one(champion:
     assert metrics["source_val_accuracy"] == trained["val_accuracy"]
     assert metrics["source_val_loss"] == trained["val_loss"]
     assert 0 <= metrics["val_accuracy"] <= 1 and metrics["val_loss"] > 0
-    xml = (COMPRESSED_DIR / "model.xml").read_text()
-    assert "FakeQuantize" in xml or 'element_type="i8"' in xml, "the convolutions run on int8"
+    assert metrics["int8_until"] == "block4_pool"
+    # VGG16 blocks 1-4 (10 convolutions) take int8 inputs; block5's 3 and the head's 2 dense layers stay in float
+    assert _int8_inputs(COMPRESSED_DIR / "model.xml") == [True] * 10 + [False] * 5
     # The images the model is for (the held-out ones): the int8 logits follow the Keras model's. With random
     # VGG16 weights the logits are a few hundredths, so rounding shows; a broken quantization (e.g. ranges
     # measured on the bfloat16 graph) answers noise or a constant.
@@ -42,6 +46,34 @@ def test_compress_writes_an_int8_model_that_answers_like_the_keras_one(champion:
     run_id = json.loads((MODELS_DIR / "fine_tuning" / "run.json").read_text())["run_id"]
     logged = mlflow.MlflowClient(load_params().mlflow.tracking_uri).get_run(run_id).data.metrics
     assert logged["int8_val_accuracy"] == pytest.approx(metrics["val_accuracy"])
+
+
+def _int8_inputs(xml: Path) -> list[bool]:
+    """For each convolution and matrix product of the saved model, in order: whether its input is quantized (a
+    FakeQuantize before it, or before the pooling or reshaping that feeds it)."""
+    import openvino
+
+    def source(op: Any) -> str:
+        node = op.input_value(0).get_node()
+        while node.get_type_name() in ("MaxPool", "Reshape", "Transpose"):
+            node = node.input_value(0).get_node()
+        return node.get_type_name()
+
+    return [source(op) == "FakeQuantize"
+            for op in openvino.Core().read_model(xml).get_ordered_ops()
+            if op.get_type_name() in ("Convolution", "MatMul")]
+
+
+def test_int8_until_null_quantizes_every_layer_and_a_missing_layer_is_named(champion: dict, in_project: Path,
+                                                                             tmp_path: Path) -> None:
+    model = keras.models.load_model(MODELS_DIR / "fine_tuning" / "model.keras")
+    pixels = np.random.default_rng(3).integers(0, 256, (4, 48, 48, 3)).astype("float32")
+    save(quantize(model, pixels, None), tmp_path / "all")
+    assert _int8_inputs(tmp_path / "all" / "model.xml") == [True] * 15
+    missing = "compress.int8_until: the model vgg16_classifier has no layer named 'block6'"
+    with pytest.raises(ConfigError, match=missing):
+        compress_model(make_params(**{"compress.int8_until": "block6"}), MODELS_DIR / "fine_tuning", tmp_path / "none")
+    assert not (tmp_path / "none").exists()
 
 
 def test_int8_model_answers_concurrent_callers_each_their_own(champion: dict, in_project: Path) -> None:

@@ -26,7 +26,7 @@ from catsdogs import configure_logging
 from catsdogs.config import COMPRESSED_DIR, MODELS_DIR, SPLITS_DIR, ConfigError, Params, load_params
 from catsdogs.data import LabelledImage, MissingInputError, manifest_path, read_manifest
 from catsdogs.images import load_pixels
-from catsdogs.int8 import XML, Int8Model, calibration_pixels, quantize, save
+from catsdogs.int8 import XML, Int8Model, LayerError, calibration_pixels, quantize, save
 from catsdogs.layers import RandomAffine, TemperatureSigmoid, VGG16Preprocess  # noqa: F401  (the saved model's layers)
 from catsdogs.tracking import TRACKING_ERRORS, mlflow, setup_mlflow, tracking_failure
 
@@ -61,8 +61,14 @@ def compress_model(params: Params, model_dir: Path, out_dir: Path, splits_dir: P
     val_pixels, y = _pixels(read_manifest(manifest_path("val", splits_dir)), class_names, size, max_pixels)
 
     started = time.perf_counter()
-    log.info("compress: quantizing %s to int8 on %d training images", model_dir.name, len(calibration))
-    save(quantize(model, calibration), out_dir)
+    until = params.compress.int8_until
+    log.info("compress: quantizing %s to int8 (%s) on %d training images", model_dir.name,
+             f"the layers up to {until}" if until else "every layer", len(calibration))
+    try:
+        quantized = quantize(model, calibration, until)
+    except LayerError as err:
+        raise ConfigError(f"compress.int8_until: {err}; set it to one of its layers or to null") from None
+    save(quantized, out_dir)
     seconds = time.perf_counter() - started
     int8 = Int8Model(out_dir / XML)
     p_int8 = np.concatenate([int8.predict(val_pixels[i : i + BATCH]) for i in range(0, len(y), BATCH)])
@@ -73,6 +79,7 @@ def compress_model(params: Params, model_dir: Path, out_dir: Path, splits_dir: P
         "source_val_accuracy": float(source["val_accuracy"]),  # the Keras model's, from train
         "source_val_loss": float(source["val_loss"]),
         "calibration_images": len(calibration),
+        "int8_until": until,
         "seconds": round(seconds, 1),
     }
     (out_dir / ".metrics.json.partial").write_text(json.dumps(metrics, indent=2) + "\n")

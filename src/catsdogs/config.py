@@ -216,9 +216,11 @@ class MlflowParams:
 
 @dataclass(frozen=True)
 class CompressParams:
-    """The int8 copy of the registered model (catsdogs.int8): how many training images calibrate it."""
+    """The int8 copy of the registered model (catsdogs.int8): how many training images calibrate it, and which of
+    its layers stay in floating point."""
 
     calibration_images: int  # training images (seeded choice) whose activations set the int8 ranges
+    int8_until: str | None  # the layer after which convolutions and dense layers stay in float; None: all int8
 
     def __post_init__(self) -> None:
         _require(self.calibration_images > 0, f"compress.calibration_images must be > 0, got {self.calibration_images}")

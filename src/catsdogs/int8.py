@@ -30,6 +30,10 @@ os.environ.setdefault("NNCF_CI", "1")
 XML, BIN = "model.xml", "model.bin"
 
 
+class LayerError(ValueError):
+    """The layer that quantization should stop at is not one this model's layers can be matched to."""
+
+
 def float32_copy(model: Any) -> Any:
     """The same Keras model and weights with every layer computing in float32 (a mixed-precision model casts
     to bfloat16 inside; the quantizer wants float32 ranges). Augmentation layers stay the identity."""
@@ -103,15 +107,47 @@ def compile_for_cpu(ov_model: Any, threads: int | None = None, precision: str | 
     return ov.Core().compile_model(str(ov_model) if isinstance(ov_model, Path | str) else ov_model, "CPU", config)
 
 
-def quantize(model: Any, calibration_pixels: np.ndarray) -> Any:
+def quantize(model: Any, calibration_pixels: np.ndarray, int8_until: str | None = None) -> Any:
     """An int8 OpenVINO model of the Keras `model`, its activation ranges measured on calibration_pixels
-    (N, size, size, 3 float32 raw pixels). Returns an openvino.Model (save it with save)."""
+    (N, size, size, 3 float32 raw pixels). Returns an openvino.Model (save it with save).
+
+    int8_until: the name of a layer of `model` (or of a model inside it, e.g. "block4_pool"): the convolutions
+    and dense layers after it stay in floating point. None: all of them run in int8."""
     converted = convert(model)  # first: nncf imports openvino
     import nncf
 
+    kept = nncf.IgnoredScope(names=layers_after(model, converted, int8_until)) if int8_until else None
     samples = nncf.Dataset([calibration_pixels[i : i + 1] for i in range(len(calibration_pixels))])
     return nncf.quantize(converted, samples, subset_size=len(calibration_pixels),
-                         preset=nncf.QuantizationPreset.PERFORMANCE)
+                         preset=nncf.QuantizationPreset.PERFORMANCE, ignored_scope=kept)
+
+
+def layers_after(model: Any, ov_model: Any, layer: str) -> list[str]:
+    """The names in `ov_model` (`model` converted) of the convolutions and matrix products of the Keras `model`'s
+    Conv2D and Dense layers that come after its layer `layer`. The converter renames convolutions
+    ("Convolution_<n>"), so they are matched by order: the models here are chains of layers, and the converted
+    graph keeps their order and their count (checked)."""
+    import keras
+
+    layers = list(_layers(model))
+    names = [each.name for each in layers]
+    if layer not in names:
+        raise LayerError(f"the model {model.name} has no layer named {layer!r}")
+    computing = [isinstance(each, keras.layers.Conv2D | keras.layers.Dense) for each in layers]
+    ops = [op.get_friendly_name() for op in ov_model.get_ordered_ops()
+           if op.get_type_name() in ("Convolution", "MatMul")]
+    if len(ops) != sum(computing):
+        raise LayerError(f"{model.name}: {sum(computing)} Conv2D and Dense layers, but {len(ops)} convolutions and "
+                         "matrix products once converted")
+    return ops[len(ops) - sum(computing[names.index(layer) + 1 :]) :]
+
+
+def _layers(model: Any) -> Iterator[Any]:
+    """The layers of `model` in order, those of a model inside it in its place, followed by that model."""
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            yield from _layers(layer)
+        yield layer
 
 
 def calibration_pixels(images: list, count: int, seed: int, size: int, max_pixels: int) -> np.ndarray:
