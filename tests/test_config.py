@@ -54,6 +54,7 @@ def test_project_params_load_with_pinned_defaults() -> None:
         ({"register.min_val_accuracy": 1.5}, r"register.min_val_accuracy must be in \[0, 1\] or null"),
         ({"register.max_val_loss": 0}, "register.max_val_loss must be > 0 or null"),
         ({"models.fine_tuning.label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
+        ({"models.feature_extraction.weight_decay": -1}, "models.*.weight_decay must be >= 0"),
         ({"compress.calibration_images": 0}, "compress.calibration_images must be > 0"),
         ({"models.fine_tuning.views": [0, 0]}, r"views must be null or distinct view numbers >= 0, got \[0, 0\]"),
         ({"models.fine_tuning.views": []}, "views must be null or distinct view numbers"),

@@ -177,7 +177,8 @@ def test_a_run_logs_its_own_settings_under_plain_names(trained: dict, in_project
     run = mlflow.MlflowClient().get_run(json.loads((MODELS_DIR / name / "run.json").read_text())["run_id"])
     logged = run.data.params
     settings = params.models[name]
-    for key in ("epochs", "learning_rate", "optimizer", "batch_size", "dropout", "augment", "init_from", "schedule"):
+    for key in ("epochs", "learning_rate", "optimizer", "batch_size", "dropout", "augment", "init_from", "schedule",
+                "weight_decay"):
         assert logged[key] == str(getattr(settings, key)), key
     assert not [key for key in logged if key.startswith("models.")], "other models' sections are not logged"
     assert logged["train.seed"] == str(params.train.seed) and logged["train.precision"] == params.train.precision
@@ -242,6 +243,23 @@ def test_cosine_schedule_decays_over_the_epoch_budget() -> None:
     assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
     assert float(schedule(0)) == pytest.approx(params.models["scratch"].learning_rate)
     assert float(schedule(40)) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_weight_decay_shrinks_each_weight_apart_from_its_gradient(optimizer: str) -> None:
+    """Decoupled, as AdamW: one step with weight_decay d ends learning_rate * d * w below the same step without."""
+    x, y = np.array([[1.0, -2.0, 0.5], [0.3, 0.1, -1.0]], np.float32), np.array([[1.0], [0.0]], np.float32)
+    ends = {}
+    for decay in (0.0, 16.0):
+        settings = make_params(**{"models.scratch.schedule": "constant", "models.scratch.optimizer": optimizer,
+                                  "models.scratch.weight_decay": decay}).models["scratch"]
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="sigmoid")])
+        model.set_weights([np.array([[0.5], [-0.25], [1.0]], np.float32), np.zeros(1, np.float32)])
+        compile_model(model, settings, steps_per_epoch=1)
+        model.train_on_batch(x, y)
+        ends[decay] = model.get_weights()[0]
+    expected = settings.learning_rate * 16.0 * np.array([[0.5], [-0.25], [1.0]])
+    np.testing.assert_allclose(ends[0.0] - ends[16.0], expected, rtol=0.02)
 
 
 class _Interrupt(Exception):

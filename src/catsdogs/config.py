@@ -154,6 +154,7 @@ class ModelParams:
     reduce_lr_patience: int  # with schedule: plateau
     init_from: str | None  # start from this trained model's weights (see INIT_SOURCES); null: from scratch
     label_smoothing: float  # training targets 0/1 pulled towards 0.5 by half this; 0: none
+    weight_decay: float  # decoupled (as AdamW): each step shrinks every weight by learning rate x this; 0: none
     # VGG16 models: which cached training views (features stage) they train on, 0 being the images themselves;
     # None: every view with augment, view 0 without. The CNNs augment on the fly: None.
     views: tuple[int, ...] | None
@@ -161,6 +162,7 @@ class ModelParams:
     def __post_init__(self) -> None:
         _require(self.epochs > 0 and self.batch_size > 0, "models.*.epochs and batch_size must be > 0")
         _require(0 <= self.label_smoothing < 1, "models.*.label_smoothing must be in [0, 1)")
+        _require(self.weight_decay >= 0, "models.*.weight_decay must be >= 0")
         _one_of("models.*.optimizer", self.optimizer, OPTIMIZERS)
         _one_of("models.*.schedule", self.schedule, SCHEDULES)
         _require((self.schedule == "plateau") == (self.reduce_lr_patience > 0),

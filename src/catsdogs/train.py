@@ -81,10 +81,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# name -> (learning rate or schedule, weight decay or None) -> optimizer. Keras applies the weight decay
+# decoupled from the gradient, as AdamW does (keras.optimizers.AdamW is Adam with it).
 OPTIMIZERS = {
-    "adam": lambda lr: keras.optimizers.Adam(learning_rate=lr),
-    "rmsprop": lambda lr: keras.optimizers.RMSprop(learning_rate=lr),
-    "sgd": lambda lr: keras.optimizers.SGD(learning_rate=lr, momentum=0.9),
+    "adam": lambda lr, decay: keras.optimizers.Adam(learning_rate=lr, weight_decay=decay),
+    "rmsprop": lambda lr, decay: keras.optimizers.RMSprop(learning_rate=lr, weight_decay=decay),
+    "sgd": lambda lr, decay: keras.optimizers.SGD(learning_rate=lr, momentum=0.9, weight_decay=decay),
 }
 # Bytes a buffer TensorFlow takes over must be aligned to (its CPU kernels check; Eigen's maximum alignment).
 TENSOR_ALIGNMENT = 64
@@ -366,7 +368,7 @@ def compile_model(model: keras.Model, settings: ModelParams, steps_per_epoch: in
     if settings.schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, settings.epochs * steps_per_epoch)
     model.compile(
-        optimizer=OPTIMIZERS[settings.optimizer](learning_rate),
+        optimizer=OPTIMIZERS[settings.optimizer](learning_rate, settings.weight_decay or None),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=settings.label_smoothing),
         metrics=["accuracy"],
     )
