@@ -63,7 +63,7 @@ def main() -> None:
     if "float32" in args.only:
         make_workspace(workspace32, data, weights, precision="float32")
         run_part("repro", [workspace32, "--out", REPORTS / "benchmark_repro_float32.json"], workspace32)
-        (REPORTS / "benchmark_float32_accuracy.json").write_text(json.dumps(accuracies(workspace32), indent=2) + "\n")
+        (REPORTS / "benchmark_float32_models.json").write_text(json.dumps(model_results(workspace32), indent=2) + "\n")
     write_report(workspace, inputs(data, weights))
 
 
@@ -127,7 +127,7 @@ def write_report(workspace: Path, used: dict) -> None:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workspace, capture_output=True, text=True).stdout.strip()
     summary = {"commit": commit, "machine": machine(), "inputs": used, "test_accuracy": accuracy,
                "book_accuracy": BOOK_ACCURACY, "target_accuracy": TARGET, "limits": LIMITS,
-               "models": model_results(workspace), "float32_accuracy": load("float32_accuracy"),
+               "models": model_results(workspace), "float32_models": load("float32_models"),
                **{part: load(part) for part in ("repro", "repro_float32", "pipeline", "champion", "serving", "seeds")}}
     (REPORTS / "benchmark.json").write_text(json.dumps(summary, indent=2) + "\n")
     (REPORTS / "benchmark.md").write_text(markdown(summary))
@@ -177,12 +177,7 @@ def targets(s: dict) -> list[tuple[str, str, str, bool | None]]:
         fe_val, ft_val = fe["train"]["val_accuracy"], ft["train"]["val_accuracy"]
         rows.append(("fine-tuning against its start, validation accuracy", f"{ft_val:.1%} against {fe_val:.1%}",
                      "fine_tuning > feature_extraction", ft_val > fe_val))
-        for key, label, limit, shown in (("log_loss", "test log loss", lim["log_loss"], "{:.3f}"),
-                                         ("ece", "test expected calibration error", lim["ece"], "{:.1%}")):
-            values = [m["test"].get(key) for m in (fe, ft)]
-            measured = " / ".join("n/a" if v is None else shown.format(v) for v in values)
-            rows.append((f"{label}, feature_extraction / fine_tuning", measured, f"<= {shown.format(limit)}",
-                         all(v is not None and v <= limit for v in values)))
+        rows += calibration_rows(fe, ft, lim)
     champion = s.get("champion")
     if champion:
         keras, int8 = champion["keras"], champion["int8"]
@@ -222,11 +217,26 @@ def targets(s: dict) -> list[tuple[str, str, str, bool | None]]:
             target = f"<= {limit:g} min, <= {lim['peak_rss_gib']:g} GiB"
             ok = ok and repro["peak_rss_gib"] <= lim["peak_rss_gib"]
         else:
-            acc = s.get("float32_accuracy") or {}
+            models32 = s.get("float32_models") or {}
+            acc = {name: model["test"]["accuracy"] for name, model in models32.items()}
             measured += "; test " + " / ".join(f"{acc[n]:.1%}" if n in acc else "n/a" for n in TARGET)
             target = f"<= {limit:g} min with the accuracy targets met"
             ok = ok and all(acc.get(n, 0) >= t for n, t in TARGET.items())
         rows.append((label, measured, target, ok))
+        if key == "repro_float32" and {"feature_extraction", "fine_tuning"} <= set(models32):
+            rows += calibration_rows(models32["feature_extraction"], models32["fine_tuning"], lim, " in float32")
+    return rows
+
+
+def calibration_rows(fe: dict, ft: dict, lim: dict, where: str = "") -> list[tuple[str, str, str, bool]]:
+    """The log loss and ECE targets, judged on both VGG16 models' test metrics."""
+    rows = []
+    for key, label, limit, shown in (("log_loss", "test log loss", lim["log_loss"], "{:.3f}"),
+                                     ("ece", "test expected calibration error", lim["ece"], "{:.2%}")):
+        values = [m["test"].get(key) for m in (fe, ft)]
+        measured = " / ".join("n/a" if v is None else shown.format(v) for v in values)
+        rows.append((f"{label}{where}, feature_extraction / fine_tuning", measured, f"<= {shown.format(limit)}",
+                     all(v is not None and v <= limit for v in values)))
     return rows
 
 

@@ -160,3 +160,14 @@ def test_targets_are_judged_against_the_measured_figures() -> None:
     assert verdicts["served, 4 clients, 30 s"] is False  # 88% of 29.5, and one error
     assert verdicts["`dvc repro`, defaults (`train.precision: auto`)"] is False  # 5.3 GiB > 5.2
     assert verdicts["`dvc repro`, `train.precision: float32`"] is None
+    assert "test log loss in float32, feature_extraction / fine_tuning" not in verdicts  # no float32 run
+
+    # The float32 run: its time and accuracies in one row, its calibration judged as the default run's is.
+    models32 = {name: {"test": {"accuracy": acc, "log_loss": loss, "ece": 0.015}, "train": {"val_accuracy": acc}}
+                for name, acc, loss in (("scratch", 0.784, 0.47), ("augmented", 0.846, 0.33),
+                                        ("feature_extraction", 0.97, 0.102), ("fine_tuning", 0.976, 0.074))}
+    summary |= {"repro_float32": {"total_seconds": 26 * 60, "peak_rss_gib": 4.6}, "float32_models": models32}
+    verdicts = {figure: ok for figure, _, _, ok in targets(summary)}
+    assert verdicts["`dvc repro`, `train.precision: float32`"] is True  # 26 min, every accuracy target met
+    assert verdicts["test log loss in float32, feature_extraction / fine_tuning"] is False  # but 0.102 > 0.10
+    assert verdicts["test expected calibration error in float32, feature_extraction / fine_tuning"] is True
