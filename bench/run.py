@@ -235,6 +235,9 @@ def calibration_rows(fe: dict, ft: dict, lim: dict, where: str = "") -> list[tup
                                      ("ece", "test expected calibration error", lim["ece"], "{:.2%}")):
         values = [m["test"].get(key) for m in (fe, ft)]
         measured = " / ".join("n/a" if v is None else shown.format(v) for v in values)
+        chance = [m["test"].get("ece_by_chance_p95") for m in (fe, ft)]
+        if key == "ece" and None not in chance:
+            measured += f" (a calibrated model, by chance alone: up to {' / '.join(map(shown.format, chance))})"
         rows.append((f"{label}{where}, feature_extraction / fine_tuning", measured, f"<= {shown.format(limit)}",
                      all(v is not None and v <= limit for v in values)))
     return rows
@@ -253,13 +256,18 @@ def calibration_section(s: dict) -> list[str]:
         return []
     lines = ["", "## Calibration (test split)", "",
              "Each model's probability is sigmoid(logit / T), T fitted on the validation set after training "
-             "(src/catsdogs/calibration.py). ECE: expected calibration error over ten bins of p.", "",
-             "| model | T | log loss | log loss before | Brier | ECE | ECE before |", "|---|---|---|---|---|---|---|"]
+             "(src/catsdogs/calibration.py). ECE: expected calibration error over ten bins of p. By chance: the ECE "
+             "a perfectly calibrated model answering the same probabilities measures on this many test images "
+             "(labels drawn from them, 1,000 draws: mean, 95th percentile); an ECE below the percentile cannot "
+             "tell miscalibration from the luck of the split.", "",
+             "| model | T | log loss | log loss before | Brier | ECE | ECE before | ECE by chance |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, m in models.items():
         t = m["test"]
+        chance = "n/a" if "ece_by_chance" not in t else f"{t['ece_by_chance']:.2%}, {t['ece_by_chance_p95']:.2%}"
         cells = [_num(t.get("temperature"), "{:.2f}"), _num(t.get("log_loss"), "{:.3f}"),
                  _num(t.get("log_loss_uncalibrated"), "{:.3f}"), _num(t.get("brier"), "{:.3f}"),
-                 _num(t.get("ece"), "{:.1%}"), _num(t.get("ece_uncalibrated"), "{:.1%}")]
+                 _num(t.get("ece"), "{:.2%}"), _num(t.get("ece_uncalibrated"), "{:.2%}"), chance]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Reliability diagrams: `evaluation/<model>/reliability_diagram.png` in the workspace and in each "
               "model's MLflow run; all four on one chart: [reliability.png](reliability.png) (`dvc repro report`)."]
@@ -296,16 +304,20 @@ def seeds_section(s: dict) -> list[str]:
              "`bench/seeds.py`: the same split and cached activations, `train.seed` changed (head initialisation, "
              "dropout, shuffling).", "",
              "| train.seed | "
-             + " | ".join(f"{m}: val | {m}: test | {m}: test log loss" for m in seeds["models"]) + " |",
-             "|---|" + "---|---|---|" * len(seeds["models"])]
+             + " | ".join(f"{m}: val | {m}: test | {m}: test log loss | {m}: test ECE" for m in seeds["models"]) + " |",
+             "|---|" + "---|---|---|---|" * len(seeds["models"])]
+    columns = (("val_accuracy", "{:.1%}"), ("test_accuracy", "{:.1%}"), ("test_log_loss", "{:.3f}"),
+               ("test_ece", "{:.2%}"))
     for run in seeds["runs"]:
-        cells = [f"{run[m]['val_accuracy']:.1%} | {run[m]['test_accuracy']:.1%} | {run[m]['test_log_loss']:.3f}"
-                 for m in seeds["models"]]
+        cells = [_num(run[m].get(key), shown) for m in seeds["models"] for key, shown in columns]
         lines.append(f"| {run['seed']}{' (default)' if run['default'] else ''} | " + " | ".join(cells) + " |")
     summary = []
     for m in seeds["models"]:
-        for key, shown in (("val_accuracy", "{:.1%}"), ("test_accuracy", "{:.1%}"), ("test_log_loss", "{:.3f}")):
-            values = [run[m][key] for run in seeds["runs"]]
+        for key, shown in columns:
+            values = [run[m].get(key) for run in seeds["runs"]]
+            if None in values:
+                summary.append("n/a")
+                continue
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             summary.append(f"{shown.format(statistics.mean(values))} ± {shown.format(spread)}")
     lines.append("| mean ± standard deviation | " + " | ".join(summary) + " |")

@@ -12,7 +12,7 @@ import pytest
 
 from bench import harness
 from bench.repro import cpu_shares
-from bench.run import LIMITS, inputs, markdown, targets
+from bench.run import LIMITS, calibration_section, inputs, markdown, seeds_section, targets
 from conftest import ROOT
 
 
@@ -171,3 +171,25 @@ def test_targets_are_judged_against_the_measured_figures() -> None:
     assert verdicts["`dvc repro`, `train.precision: float32`"] is True  # 26 min, every accuracy target met
     assert verdicts["test log loss in float32, feature_extraction / fine_tuning"] is False  # but 0.102 > 0.10
     assert verdicts["test expected calibration error in float32, feature_extraction / fine_tuning"] is True
+
+
+def test_calibration_is_shown_next_to_what_chance_alone_gives() -> None:
+    tested = {"accuracy": 0.97, "log_loss": 0.09, "ece": 0.0206, "ece_by_chance": 0.0161, "ece_by_chance_p95": 0.0234}
+    models = {"feature_extraction": {"test": tested, "train": {"val_accuracy": 0.97}},
+              "fine_tuning": {"test": {**tested, "ece": 0.0193}, "train": {"val_accuracy": 0.97}}}
+    rows = {figure: (measured, ok) for figure, measured, _, ok in targets({"limits": LIMITS, "models": models})}
+    measured, ok = rows["test expected calibration error, feature_extraction / fine_tuning"]
+    assert ok is False, "the target is judged on the measured ECE, whatever chance explains"
+    assert measured == "2.06% / 1.93% (a calibrated model, by chance alone: up to 2.34% / 2.34%)"
+    assert "| feature_extraction | n/a | 0.090 | n/a | n/a | 2.06% | n/a | 1.61%, 2.34% |" in calibration_section(
+        {"models": models})
+
+    run = {"val_accuracy": 0.97, "test_accuracy": 0.97, "test_log_loss": 0.08}
+    seeds = {"models": ["feature_extraction"], "runs": [
+        {"seed": 42, "default": True, "feature_extraction": {**run, "test_ece": 0.02}},
+        {"seed": 7, "default": False, "feature_extraction": {**run, "test_ece": 0.01}}]}
+    lines = seeds_section({"seeds": seeds})
+    assert "| 7 | 97.0% | 97.0% | 0.080 | 1.00% |" in lines
+    assert lines[-1] == "| mean ± standard deviation | 97.0% ± 0.0% | 97.0% ± 0.0% | 0.080 ± 0.000 | 1.50% ± 0.71% |"
+    del seeds["runs"][1]["feature_extraction"]["test_ece"]  # a seeds run recorded before ECE was
+    assert seeds_section({"seeds": seeds})[-1].endswith("| 0.080 ± 0.000 | n/a |")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from catsdogs.calibration import TEMPERATURE_RANGE, expected_calibration_error, fit_temperature
+from catsdogs.calibration import TEMPERATURE_RANGE, chance_ece, expected_calibration_error, fit_temperature
 
 
 def _overconfident(scale: float, n: int = 20000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -40,3 +40,19 @@ def test_expected_calibration_error() -> None:
     logits, y = _overconfident(4.0)
     calibrated = 1 / (1 + np.exp(-logits / 4.0))
     assert expected_calibration_error(y, calibrated) < 0.02 < expected_calibration_error(y, 1 / (1 + np.exp(-logits)))
+
+
+def test_chance_ece_is_what_a_calibrated_model_measures_on_few_images() -> None:
+    """A perfectly calibrated model still measures an ECE on a finite test set; chance_ece is its spread, shrinking
+    as 1 / sqrt(images), nothing for certain answers, and below what a miscalibrated model measures."""
+    rng = np.random.default_rng(1)
+    assert not chance_ece(np.array([0.0, 1.0, 1.0, 0.0])).any()  # sure and right: no gap to draw
+    small, large = chance_ece(rng.random(100), draws=300), chance_ece(rng.random(10000), draws=300)
+    assert small.mean() / large.mean() == pytest.approx(10, rel=0.25)
+    assert np.array_equal(chance_ece(np.full(50, 0.7), seed=3), chance_ece(np.full(50, 0.7), seed=3))
+    # 500 images of a calibrated model: its own ECE sits inside the spread; shifted probabilities fall outside it
+    logits, y = _overconfident(1.0, n=500, seed=2)
+    p = 1 / (1 + np.exp(-logits))
+    spread = chance_ece(p)
+    assert np.percentile(spread, 5) < expected_calibration_error(y, p) < np.percentile(spread, 95)
+    assert expected_calibration_error(y, 1 / (1 + np.exp(-3 * logits))) > np.percentile(spread, 95)

@@ -44,6 +44,7 @@ def test_evaluate_writes_metrics_plots_and_logs_to_the_training_run(evaluated: d
     assert scores == evaluated[name]
     assert scores["images"] == 12 and set(scores) >= {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss",
                                                       "brier", "ece", "log_loss_uncalibrated", "ece_uncalibrated"}
+    assert 0 <= scores["ece_by_chance"] <= scores["ece_by_chance_p95"] < 1
     trained = json.loads((MODELS_DIR / name / "metrics.json").read_text())
     assert scores["temperature"] == pytest.approx(trained["temperature"], rel=1e-6), "the model saved calibrated"
     p_dog = np.array([float(row["p_dog"]) for row in csv.DictReader((out / "predictions.csv").open())])

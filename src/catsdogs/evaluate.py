@@ -4,9 +4,10 @@
 
 Reads models/<name>/{model.keras,run.json} and data/splits/test.csv. Writes evaluation/<name>/:
 metrics.json (accuracy, precision, recall, F1, ROC AUC, log loss, Brier score, expected calibration
-error, the same two before calibration, confusion matrix), predictions.csv (one row per test image, a
-DVC confusion plot) and figures (confusion matrices, ROC curve, reliability diagram, the worst
-misclassified images); logs all of it into the model's own MLflow run.
+error and what chance alone gives a calibrated model, log loss and ECE before calibration, confusion
+matrix), predictions.csv (one row per test image, a DVC confusion plot) and figures (confusion
+matrices, ROC curve, reliability diagram, the worst misclassified images); logs all of it into the
+model's own MLflow run.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sklearn import metrics as skm
 from sklearn.calibration import CalibrationDisplay
 
 from catsdogs import configure_logging
-from catsdogs.calibration import expected_calibration_error, logit_model, temperature
+from catsdogs.calibration import chance_ece, expected_calibration_error, logit_model, temperature
 from catsdogs.config import (
     EVALUATION_DIR,
     MODELS_DIR,
@@ -114,6 +115,7 @@ def evaluate_model(params: Params, model_dir: Path, out_dir: Path) -> dict:
 def score(y_true: np.ndarray, p_positive: np.ndarray, class_names: tuple[str, ...]) -> dict:
     y_pred = (p_positive >= 0.5).astype(int)
     matrix = skm.confusion_matrix(y_true, y_pred, labels=[0, 1])
+    chance = chance_ece(p_positive)
     return {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
         "precision": float(skm.precision_score(y_true, y_pred, zero_division=0)),
@@ -123,6 +125,10 @@ def score(y_true: np.ndarray, p_positive: np.ndarray, class_names: tuple[str, ..
         "log_loss": float(skm.log_loss(y_true, p_positive, labels=[0, 1])),
         "brier": float(skm.brier_score_loss(y_true, p_positive, pos_label=1)),
         "ece": expected_calibration_error(y_true, p_positive),
+        # what a perfectly calibrated model with these probabilities measures on this many images (mean, 95th
+        # percentile): how much of the ECE the size of the test split alone explains
+        "ece_by_chance": float(chance.mean()),
+        "ece_by_chance_p95": float(np.percentile(chance, 95)),
         "images": int(len(y_true)),
         "positive_class": class_names[1],
         "confusion_matrix": {
