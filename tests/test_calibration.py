@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from catsdogs.calibration import TEMPERATURE_RANGE, chance_ece, expected_calibration_error, fit_temperature
+from catsdogs.calibration import TEMPERATURE_RANGE, expected_calibration_error, fit_temperature
+from catsdogs.evaluate import chance_ece
 
 
 def _overconfident(scale: float, n: int = 20000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -63,12 +63,3 @@ def expected_calibration_error(y_true: np.ndarray, p_positive: np.ndarray, bins:
     counts = np.bincount(which, minlength=bins)
     gaps = np.abs(np.bincount(which, y, bins) - np.bincount(which, p, bins))
     return float(gaps.sum() / max(counts.sum(), 1))
-
-
-def chance_ece(p_positive: np.ndarray, draws: int = 1000, seed: int = 0, bins: int = 10) -> np.ndarray:
-    """The ECE of `draws` label sets drawn from p_positive itself (each image positive with probability p): what a
-    perfectly calibrated model answering these probabilities measures on this many images by chance alone. A
-    measured ECE inside this spread cannot tell miscalibration from the luck of which images the split holds."""
-    p = np.asarray(p_positive, np.float64).reshape(-1)
-    rng = np.random.default_rng(seed)
-    return np.array([expected_calibration_error(rng.random(len(p)) < p, p, bins) for _ in range(draws)])

@@ -26,7 +26,7 @@ from sklearn import metrics as skm
 from sklearn.calibration import CalibrationDisplay
 
 from catsdogs import configure_logging
-from catsdogs.calibration import chance_ece, expected_calibration_error, logit_model, temperature
+from catsdogs.calibration import expected_calibration_error, logit_model, temperature
 from catsdogs.config import (
     EVALUATION_DIR,
     MODELS_DIR,
@@ -136,6 +136,16 @@ def score(y_true: np.ndarray, p_positive: np.ndarray, class_names: tuple[str, ..
             "counts": matrix.tolist(),  # rows: true class, columns: predicted class
         },
     }
+
+
+def chance_ece(p_positive: np.ndarray, draws: int = 1000, seed: int = 0, bins: int = 10) -> np.ndarray:
+    """The ECE of `draws` label sets drawn from p_positive itself (each image positive with probability p): what a
+    perfectly calibrated model answering these probabilities measures on this many images by chance alone. A
+    measured ECE inside this spread cannot tell miscalibration from the luck of which images the split holds.
+    (Here, not in calibration.py, which the features and training stages depend on.)"""
+    p = np.asarray(p_positive, np.float64).reshape(-1)
+    rng = np.random.default_rng(seed)
+    return np.array([expected_calibration_error(rng.random(len(p)) < p, p, bins) for _ in range(draws)])
 
 
 def plot_confusion(y_true, p_positive, class_names, normalize: str | None):
