@@ -30,10 +30,17 @@ os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
 PROJECT_FIXTURES = {"tiny_project"}
 
 
+# The longest test files, longest first: `make test` hands whole files to two workers in collection order
+# (pytest-xdist's --dist loadfile), so these start at once, side by side, and the short files fill in around them.
+LONGEST_FILES = ("test_team.py", "test_pipeline.py", "test_bench.py", "test_score.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if PROJECT_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order stays
 
 
 @pytest.fixture(autouse=True)
