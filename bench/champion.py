@@ -50,10 +50,10 @@ def benchmark(workspace: Path, repeats: int) -> dict:
         name = params.register.model
         class_names = tuple(json.loads((MODELS_DIR / name / "run.json").read_text())["class_names"])
         test = read_manifest(manifest_path("test", SPLITS_DIR))
-        pixels = np.stack([load_pixels(image.path, params.image_size, params.split.max_pixels)
-                           for image in test]).astype(np.float32)
-        y = np.array([class_names.index(image.label) for image in test])
         keras_model = keras.models.load_model(MODELS_DIR / name / "model.keras")
+        size = int(keras_model.input_shape[1])
+        pixels = np.stack([load_pixels(image.path, size, params.split.max_pixels) for image in test]).astype(np.float32)
+        y = np.array([class_names.index(image.label) for image in test])
         int8 = Int8Model(COMPRESSED_DIR / XML)
     runners = {
         "keras": lambda x: np.asarray(keras_model.predict_on_batch(x)).reshape(-1),

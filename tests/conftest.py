@@ -186,7 +186,8 @@ def random_vgg16_weights(path: Path, size: int, seed: int = 0) -> Path:
 
 
 def pipeline_project(tmp_path: Path) -> Path:
-    """A git + DVC repository of the project's pipeline over a generated archive (48 px, 1 epoch per model)."""
+    """A git + DVC repository of the project's pipeline over a generated archive (48 px CNNs, 64 px VGG16 models,
+    1 epoch per model)."""
     project = copy_project(tmp_path / "project")
     images = tmp_path / "images"
     synthetic.write_dataset(images, per_class=15, layout="filtered")
@@ -197,7 +198,7 @@ def pipeline_project(tmp_path: Path) -> Path:
     params["split"].update(train=0.6, val=0.2, test=0.2)
     params["image_size"] = 48
     params["pretrained"]["weights"] = str(tmp_path / "vgg.weights.h5")
-    params["pretrained"]["input_size"] = None  # the VGG16 models see the 48 px images as they are
+    params["pretrained"]["input_size"] = 64  # the VGG16 models take 64 px images, the CNNs 48 (as 224 and 150)
     params["features"]["views"] = 1  # view 0 only: the VGG16 models train on the images themselves
     params["features"]["int8"] = False  # the stages' wiring is under test here; int8 features: tests/test_train.py
     for name in VGG16_MODELS:

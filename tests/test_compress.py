@@ -105,7 +105,7 @@ def test_int8_model_answers_concurrent_callers_each_their_own(champion: dict, in
 
 def test_float32_copy_computes_in_float32_with_the_same_weights() -> None:
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    mixed = build_vgg16_classifier(48, None, 0.5, None, 48)
+    mixed = build_vgg16_classifier(48, None, 0.5, None)
     keras.mixed_precision.set_global_policy("float32")
     copy = float32_copy(mixed)
     assert {layer.compute_dtype for layer in copy.get_layer("vgg16").layers} == {"float32"}

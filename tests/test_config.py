@@ -18,7 +18,7 @@ def test_project_params_load_with_pinned_defaults() -> None:
     assert params.data.sha256 is None
     assert params.image_size == 150
     assert params.pretrained.weights == "imagenet"
-    assert params.pretrained.input_size == 224  # the VGG16 models resize the 150 px pixels to ImageNet's size
+    assert params.pretrained.input_size == 224  # the VGG16 models take ImageNet's size, the CNNs the book's 150
     assert params.vgg16_input_size == 224
     assert make_params(**{"pretrained.input_size": None}).vgg16_input_size == 150  # as in the book
     assert (params.split.train, params.split.val, params.split.test) == (1000, 250, 250)

@@ -28,7 +28,7 @@ CNN = CnnParams(centered_inputs=True, initializer="he_uniform")
 def test_book_parameter_counts_at_150() -> None:
     """The book's counts, plus one frozen number per model: the calibration temperature."""
     assert count_params(build_scratch_cnn(150, 0.5, None, CNN)) == (3_453_121, 1)
-    vgg = build_vgg16_classifier(150, None, 0.5, None, 150)
+    vgg = build_vgg16_classifier(150, None, 0.5, None)
     assert count_params(vgg) == (2_097_665, 14_714_688 + 1)
     trainable, frozen = count_params(unfreeze_block5(vgg))
     assert trainable == 9_177_089 and trainable + frozen == 2_097_665 + 14_714_688 + 1
@@ -40,7 +40,7 @@ def test_book_parameter_counts_at_150() -> None:
 
 def test_models_take_raw_pixels_of_any_batch_size() -> None:
     rng = np.random.default_rng(0)
-    for model in (build_scratch_cnn(48, 0.0, None, CNN), build_vgg16_classifier(48, None, 0.0, None, 48)):
+    for model in (build_scratch_cnn(48, 0.0, None, CNN), build_vgg16_classifier(48, None, 0.0, None)):
         for batch in (1, 3):
             p = model.predict(rng.integers(0, 256, (batch, 48, 48, 3)).astype("float32"), verbose=0)
             assert p.shape == (batch, 1) and np.all((p >= 0) & (p <= 1))
@@ -65,7 +65,7 @@ def test_vgg16_preprocess_layer_is_keras_preprocess_input() -> None:
 
 
 def test_tail_shares_layers_with_the_classifier() -> None:
-    model = build_vgg16_classifier(64, None, 0.0, None, 64)
+    model = build_vgg16_classifier(64, None, 0.0, None)
     base = model.get_layer("vgg16")
     pixels = np.random.default_rng(2).integers(0, 256, (2, 64, 64, 3)).astype("float32")
     cut = keras.Model(base.inputs, base.get_layer("block4_pool").output)
@@ -80,19 +80,13 @@ def test_tail_shares_layers_with_the_classifier() -> None:
                                1 / (1 + np.exp(-logits.predict(activations, verbose=0) / 2.0)), rtol=1e-5)
 
 
-def test_vgg16_models_resize_pixels_to_the_input_size_inside_the_model() -> None:
-    assert "vgg16_resize" not in [layer.name for layer in build_vgg16_classifier(48, None, 0.0, None, 48).layers]
-    model = build_vgg16_classifier(48, None, 0.0, None, input_size=64)
-    assert model.input_shape == (None, 48, 48, 3)
-    assert model.get_layer("vgg16").input_shape == (None, 64, 64, 3)
-    assert build_vgg16_extractor(None, 48, 64).output_shape == (None, 4, 4, 512)  # 64 px / 16, not 48 / 16
-    pixels = np.random.default_rng(4).integers(0, 256, (2, 48, 48, 3)).astype("float32")
-    resized = np.array(keras.layers.Resizing(64, 64, interpolation="bilinear")(pixels))
-    base = model.get_layer("vgg16")
-    cut = keras.Model(base.inputs, base.get_layer("block4_pool").output)
-    activations = cut.predict(keras.applications.vgg16.preprocess_input(resized), verbose=0)
-    np.testing.assert_allclose(tail_model(model, after=VGG16_CUT).predict(activations, verbose=0),
-                               model.predict(pixels, verbose=0), rtol=1e-4)
+def test_vgg16_models_take_pixels_at_the_size_their_base_sees() -> None:
+    """No resizing inside: the pixels (decoded from the file at pretrained.input_size) go to the base as they are."""
+    model = build_vgg16_classifier(64, None, 0.0, None)
+    assert model.input_shape == (None, 64, 64, 3) and model.get_layer("vgg16").input_shape == (None, 64, 64, 3)
+    assert not [layer.name for layer in model.layers if isinstance(layer, keras.layers.Resizing)]
+    extractor = build_vgg16_extractor(None, 64)
+    assert extractor.input_shape == (None, 64, 64, 3) and extractor.output_shape == (None, 4, 4, 512)
 
 
 def test_weights_file_loads_and_bad_weights_fail_loudly(tmp_path: Path) -> None:

@@ -54,6 +54,12 @@ def test_mlflow_run_main_runs_the_whole_pipeline(project: Path) -> None:
     assert len(pipelines) == 1 and pipelines.pop().startswith("dvc repro "), pipelines
     for name in MODEL_NAMES:
         assert (project / "models" / name / "model.keras").is_file()
+        assert (project / "evaluation" / name / "metrics.json").is_file()
+    # the VGG16 models' images are decoded at pretrained.input_size (64 px), the CNNs' at image_size (48)
+    assert json.loads((project / "features" / "meta.json").read_text())["image_size"] == 64
+    predictions = {name: (project / "evaluation" / name / "predictions.csv").read_text().count("\n")
+                   for name in MODEL_NAMES}
+    assert set(predictions.values()) == {6 + 1}, predictions  # the 6 test images, scored by every model
     again = run_checked(["dvc", "repro"], project)
     assert "Running stage" not in again.stdout
 

@@ -34,7 +34,7 @@ def test_features_cache_views_and_labels(in_project: Path) -> None:
     np.testing.assert_array_equal(labels[:24], labels[48:])
     assert not np.array_equal(train_x[:24], train_x[24:48]), "view 1 is augmented"
     assert not np.array_equal(train_x[24:48], train_x[48:]), "each augmented view is drawn afresh"
-    assert meta["input_size"] == SIZE
+    assert meta["image_size"] == SIZE  # the side the images were decoded at
     chosen = load_features(FEATURES_DIR, views=(2, 0), input_size=SIZE)  # the views asked for, in that order
     assert [len(rows) for rows in chosen["train_x"]] == [24, 24]
     np.testing.assert_array_equal(chosen["train_x"][0], train_x[48:])
@@ -100,7 +100,7 @@ def test_features_run_in_the_training_precision(in_project: Path, tmp_path: Path
     val = read_manifest(manifest_path("val", SPLITS_DIR))
     pixels = np.stack([x for x, _ in image_dataset(val, ("cat", "dog"), SIZE, params.split.max_pixels)])
     keras.mixed_precision.set_global_policy("float32")
-    keras_activations = build_vgg16_extractor("vgg.weights.h5", SIZE, SIZE).predict(pixels, verbose=0)
+    keras_activations = build_vgg16_extractor("vgg.weights.h5", SIZE).predict(pixels, verbose=0)
     assert exact.shape == keras_activations.shape
     # only the cache's float16 storage (3 significant digits) between them; bfloat16 would be off by more
     np.testing.assert_allclose(exact, keras_activations, rtol=2e-3, atol=1e-3 * np.abs(keras_activations).max())

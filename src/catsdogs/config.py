@@ -109,7 +109,7 @@ class SplitParams:
 @dataclass(frozen=True)
 class PretrainedParams:
     weights: str  # "imagenet" (Keras downloads it) or a path to a .h5 file
-    input_size: int | None  # side of the images the VGG16 base sees; None: image_size (no resizing)
+    input_size: int | None  # side of the images the VGG16 models take, decoded at it; None: image_size
 
     def __post_init__(self) -> None:
         # 32: the smallest input VGG16's five pooling steps can take.
@@ -298,7 +298,7 @@ class Params:
 
     @property
     def vgg16_input_size(self) -> int:
-        """Side of the images the VGG16 base sees (the models resize image_size pixels to it)."""
+        """Side of the square images the VGG16 models take: each file is decoded and resized to it."""
         return self.pretrained.input_size or self.image_size
 
 

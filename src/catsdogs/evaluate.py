@@ -70,7 +70,8 @@ def evaluate_model(params: Params, model_dir: Path, out_dir: Path) -> dict:
     class_names = tuple(run["class_names"])
     test = read_manifest(manifest_path("test", SPLITS_DIR))
     model = keras.models.load_model(model_dir / "model.keras")
-    dataset = batched(image_dataset(test, class_names, params.image_size, params.split.max_pixels), 32)
+    size = int(model.input_shape[1])  # image_size for the CNNs, pretrained.input_size for the VGG16 models
+    dataset = batched(image_dataset(test, class_names, size, params.split.max_pixels), 32)
     y_true = np.array([class_names.index(image.label) for image in test])
     with_logits = logit_model(model)
     uncalibrated = None

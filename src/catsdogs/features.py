@@ -51,10 +51,11 @@ def compute_features(params: Params, splits_dir: Path, out_dir: Path) -> dict:
     val = read_manifest(manifest_path("val", splits_dir))
     class_names = binary_class_names(train)
     precision = set_precision(params.train.precision)  # as the models that will run these layers
-    extractor = build_vgg16_extractor(params.pretrained.weights, params.image_size, params.vgg16_input_size)
+    size = params.vgg16_input_size
+    extractor = build_vgg16_extractor(params.pretrained.weights, size)
     if params.features.int8:
         calibration = calibration_pixels(train, params.compress.calibration_images, params.train.seed,
-                                         params.image_size, params.split.max_pixels)
+                                         size, params.split.max_pixels)
         log.info("features: quantizing VGG16 blocks 1-4 to int8 on %d training images", len(calibration))
         ov_model = quantize(extractor, calibration)
     else:
@@ -64,13 +65,13 @@ def compute_features(params: Params, splits_dir: Path, out_dir: Path) -> dict:
     augmentation = build_augmentation(params.augment, params.train.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"class_names": list(class_names), "views": params.features.views, "cut": VGG16_CUT,
-            "image_size": params.image_size, "input_size": params.vgg16_input_size,
+            "image_size": size,
             "precision": precision, "runtime": "openvino", "int8": params.features.int8,
             # what OpenVINO computed in ("f32", "bf16"): f32 where the CPU has no bfloat16 (AVX2), whatever was asked
             "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()}
     for split, images, views in (("train", train, params.features.views), ("val", val, 1)):
         dataset = batched(
-            image_dataset(images, class_names, params.image_size, params.split.max_pixels), params.features.batch_size
+            image_dataset(images, class_names, size, params.split.max_pixels), params.features.batch_size
         )
         shape = (len(images) * views, *extractor.output.shape[1:])
         array = np.lib.format.open_memmap(out_dir / f".{split}_block4.npy", "w+", np.float16, shape)

@@ -1,9 +1,9 @@
-"""The study's four models. Each takes raw RGB pixels (0-255, image_size square) and preprocesses inside.
+"""The study's four models. Each takes raw RGB pixels (0-255, square) and preprocesses inside.
 
 - scratch / augmented: the book's small CNN (Conv 32-64-128-128, Dense 512, one output), its pixel scaling
   and initialisation set by the `cnn` params (default: the book's [0, 1] and Glorot; or [-1, 1] and He);
-- feature_extraction: the VGG16 conv base, frozen, with a new head (Flatten, Dense 256, sigmoid); the
-  pixels are resized to pretrained.input_size first when it differs from image_size;
+- feature_extraction: the VGG16 conv base, frozen, with a new head (Flatten, Dense 256, sigmoid); it takes
+  pretrained.input_size pixels (Params.vgg16_input_size), decoded from each file at that size;
 - fine_tuning: the same with block5 trainable (started from the trained feature-extraction model).
 Augmentation, when given, is the first block of the model and is the identity at inference. Each ends in
 a logit and its calibrated probability (`probability`): the model answers p(positive class).
@@ -89,23 +89,16 @@ def load_vgg16_base(weights: str | None, image_size: int) -> keras.Model:
         raise WeightsError(f"cannot load VGG16 weights {weights!r} ({first_line}); {VGG16_URL_HINT}") from None
 
 
-def vgg16_input(pixels, image_size: int, input_size: int):
-    """Raw pixels (image_size square) as the VGG16 base takes them: resized to input_size, preprocessed."""
-    if input_size != image_size:
-        pixels = keras.layers.Resizing(input_size, input_size, interpolation="bilinear", name="vgg16_resize")(pixels)
-    return VGG16Preprocess(name="vgg16_preprocess")(pixels)
-
-
 def build_vgg16_classifier(
-    image_size: int, weights: str | None, dropout: float, augmentation: keras.layers.Layer | None,
-    input_size: int,
+    image_size: int, weights: str | None, dropout: float, augmentation: keras.layers.Layer | None
 ) -> keras.Model:
-    """`input_size`: the side the VGG16 base sees (Params.vgg16_input_size; image_size: no resizing)."""
-    base = load_vgg16_base(weights, input_size)
+    """`image_size`: the side of the pixels it takes, which the VGG16 base sees as they are
+    (Params.vgg16_input_size)."""
+    base = load_vgg16_base(weights, image_size)
     base.trainable = False
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = augmentation(inputs) if augmentation is not None else inputs
-    x = vgg16_input(x, image_size, input_size)
+    x = VGG16Preprocess(name="vgg16_preprocess")(x)
     # training=False keeps the base in inference mode even when block5 is later unfrozen.
     x = base(x, training=False)
     x = keras.layers.Flatten()(x)
@@ -128,11 +121,11 @@ def unfreeze_block5(model: keras.Model) -> keras.Model:
     return model
 
 
-def build_vgg16_extractor(weights: str | None, image_size: int, input_size: int) -> keras.Model:
-    """Raw pixels -> the frozen base's activations at VGG16_CUT: what the features stage caches."""
-    base = load_vgg16_base(weights, input_size)
+def build_vgg16_extractor(weights: str | None, image_size: int) -> keras.Model:
+    """Raw pixels (image_size square) -> the frozen base's activations at VGG16_CUT: what the features stage caches."""
+    base = load_vgg16_base(weights, image_size)
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
-    x = vgg16_input(inputs, image_size, input_size)
+    x = VGG16Preprocess(name="vgg16_preprocess")(inputs)
     cut = keras.Model(base.inputs, base.get_layer(VGG16_CUT).output, name="vgg16_blocks1_4")
     return keras.Model(inputs, cut(x, training=False), name="block4_features")
 

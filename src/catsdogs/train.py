@@ -249,8 +249,8 @@ def _augmentation(params: Params, settings: ModelParams) -> keras.layers.Layer |
 
 
 def _new_vgg16_classifier(params: Params, settings: ModelParams) -> keras.Model:
-    return build_vgg16_classifier(params.image_size, params.pretrained.weights, settings.dropout,
-                                  _augmentation(params, settings), params.vgg16_input_size)
+    return build_vgg16_classifier(params.vgg16_input_size, params.pretrained.weights, settings.dropout,
+                                  _augmentation(params, settings))
 
 
 def _activations_job(model: keras.Model, after: str, train: tuple, val: tuple, features: dict,
@@ -291,8 +291,9 @@ def load_features(folder: Path, views: Sequence[int], input_size: int) -> dict:
     if not meta_file.is_file():
         raise MissingInputError(f"{meta_file} is missing; run: dvc repro features")
     meta = json.loads(meta_file.read_text())
-    cached_size = meta.get("input_size", meta["image_size"])  # features written before input_size: image_size
-    if cached_size != input_size:
+    cached_size = meta["image_size"]  # the side its images were decoded at
+    # a cache of older code has "input_size" too: decoded at image_size, resized inside the model
+    if cached_size != input_size or meta.get("input_size", cached_size) != cached_size:
         raise MissingInputError(f"{folder} holds VGG16 activations of {cached_size}px images, the params ask for "
                                 f"{input_size}px; run: dvc repro features")
     if max(views) >= meta["views"]:
