@@ -24,7 +24,7 @@ CNN = make_params().cnn
 
 
 
-def test_features_cache_views_and_labels(in_project: Path) -> None:
+def test_features_cache_views_and_labels(in_project: Path, tmp_path: Path) -> None:
     meta = json.loads((FEATURES_DIR / "meta.json").read_text())
     assert meta["class_names"] == ["cat", "dog"] and meta["views"] == 3
     train_x = np.load(FEATURES_DIR / "train_block4.npy", mmap_mode="r")
@@ -45,6 +45,12 @@ def test_features_cache_views_and_labels(in_project: Path) -> None:
     with pytest.raises(MissingInputError, match=f"activations of {SIZE}px images, the params ask for 64px.*"
                                                 "dvc repro features"):
         load_features(FEATURES_DIR, views=(0,), input_size=64)
+    old = tmp_path / "old_features"  # a cache of the code that resized the decoded images inside the model
+    old.mkdir()
+    (old / "meta.json").write_text(json.dumps({**meta, "input_size": 64}))
+    with pytest.raises(MissingInputError, match=f"activations of {SIZE}px images resized to 64px, the params "
+                                                f"ask for {SIZE}px.*dvc repro features"):
+        load_features(old, views=(0,), input_size=SIZE)
 
 
 def test_cached_activations_are_read_a_chunk_at_a_time(tmp_path: Path) -> None:

@@ -291,10 +291,11 @@ def load_features(folder: Path, views: Sequence[int], input_size: int) -> dict:
     if not meta_file.is_file():
         raise MissingInputError(f"{meta_file} is missing; run: dvc repro features")
     meta = json.loads(meta_file.read_text())
-    cached_size = meta["image_size"]  # the side its images were decoded at
-    # a cache of older code has "input_size" too: decoded at image_size, resized inside the model
-    if cached_size != input_size or meta.get("input_size", cached_size) != cached_size:
-        raise MissingInputError(f"{folder} holds VGG16 activations of {cached_size}px images, the params ask for "
+    decoded = meta["image_size"]  # the side its images were decoded at
+    seen = meta.get("input_size", decoded)  # older code's caches: decoded at image_size, resized inside the model
+    if (decoded, seen) != (input_size, input_size):
+        held = f"{decoded}px images" + (f" resized to {seen}px" if seen != decoded else "")
+        raise MissingInputError(f"{folder} holds VGG16 activations of {held}, the params ask for "
                                 f"{input_size}px; run: dvc repro features")
     if max(views) >= meta["views"]:
         raise MissingInputError(f"{folder} caches views 0..{meta['views'] - 1}, the params ask for view "
