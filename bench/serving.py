@@ -4,7 +4,8 @@
                             [--out reports/benchmark_serving.json]
 
 In WORKSPACE (a project folder after `dvc repro`): starts the server on a free local port, then
-1. sequential: one client, one 150x150 JPEG per request (a test image, resized), --requests times;
+1. sequential: one client, one JPEG per request (the first test photo, its file's bytes as they are: the
+   server decodes it and resizes it to the model's input, as for any user's photo), --requests times;
 2. concurrent: --clients clients, each sending that request back to back for --seconds.
 Every request is a real HTTP POST of base64 JPEG to /invocations over a kept-alive connection per client;
 anything but HTTP 200 with one prediction counts as an error. Reports p50/p95/p99 latency (ms), images per
@@ -20,7 +21,6 @@ import argparse
 import base64
 import csv
 import http.client
-import io
 import json
 import sys
 import threading
@@ -82,7 +82,8 @@ def benchmark(workspace: Path, sequential: int, clients: int, seconds: float, wo
         "model": model,
         "command": " ".join([f"mlflow models serve -m {model} --env-manager local", *extra_args]),
         "server_env": env or {},
-        "image": f"{image_path.name}, resized to 150x150, JPEG quality 90, {len(body)} bytes of JSON",
+        "image": f"{image_path.name} as stored ({image_path.stat().st_size} bytes, {size_of(image_path)}), "
+                 f"{len(body)} bytes of JSON",
         "sequential": {"requests": sequential, "errors": sum(not ok for _, ok in single),
                        **percentiles([ms for ms, _ in single])},
         "concurrent": concurrent,
@@ -93,10 +94,13 @@ def request_body(workspace: Path) -> tuple[Path, bytes]:
     with (workspace / "data/splits/test.csv").open(newline="") as f:
         first = next(csv.DictReader(f))
     path = workspace / first["path"]
-    buffer = io.BytesIO()
-    Image.open(path).convert("RGB").resize((150, 150)).save(buffer, "JPEG", quality=90)
-    image = base64.b64encode(buffer.getvalue()).decode()
+    image = base64.b64encode(path.read_bytes()).decode()
     return path, json.dumps({"dataframe_records": [{"image": image}]}).encode()
+
+
+def size_of(path: Path) -> str:
+    with Image.open(path) as image:
+        return f"{image.width}x{image.height} {image.format}"
 
 
 class Client:

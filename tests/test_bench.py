@@ -3,6 +3,7 @@ speed targets live in reports/benchmark.md, measured by `make bench` on the real
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from bench import harness
 from bench.repro import cpu_shares
 from bench.run import LIMITS, calibration_section, inputs, markdown, seeds_section, targets
+from bench.serving import request_body
 from conftest import ROOT
 
 
@@ -53,6 +55,9 @@ def test_serving_benchmark_counts_requests_and_errors(champion: dict, tiny_proje
     concurrent = result["concurrent"]
     assert concurrent["clients"] == 2 and concurrent["requests"] >= 2 and concurrent["errors"] == 0
     assert 0 < concurrent["p50_ms"] <= concurrent["p95_ms"] <= concurrent["p99_ms"]
+    photo, body = request_body(tiny_project)  # a user's photo as stored: the server decodes and resizes it
+    assert base64.b64decode(json.loads(body)["dataframe_records"][0]["image"]) == photo.read_bytes()
+    assert result["image"].startswith(f"{photo.name} as stored ({photo.stat().st_size} bytes")
 
 
 def test_repro_benchmark_splits_cpu_time_into_busy_and_stolen() -> None:
