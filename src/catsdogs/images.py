@@ -18,12 +18,21 @@ class ImageError(ValueError):
     """The bytes are not a usable image; the message says why in a few words."""
 
 
-def read_rgb(source: bytes | Path, max_pixels: int) -> Image.Image:
+# A JPEG at least this many times larger than the size it is resized to (on both sides) is decoded at
+# 1/2, 1/4 or 1/8 scale first, as Pillow's `thumbnail` does: "with reducing_gap greater or equal to 3.0,
+# the result is indistinguishable from fair resampling in most cases" (Pillow's docs). A 12-megapixel
+# photo decodes in a fraction of the time and memory; no photo of the dataset is that large.
+REDUCING_GAP = 3
+
+
+def read_rgb(source: bytes | Path, max_pixels: int, at_least: int | None = None) -> Image.Image:
     """Decode a whole image (first frame of an animation) into RGB, or raise ImageError.
 
     Greyscale, palette, CMYK and alpha images are converted; transparent pixels become white.
     The EXIF orientation is applied, as any photo viewer does. `max_pixels` is checked from the
     header, before decoding; Pillow's own bomb warning (past its default limit) is an error too.
+    `at_least`: a JPEG may be decoded at a reduced scale (`Image.draft`) that keeps both sides at
+    least this many pixels; other formats decode at full size.
     """
     data = source.read_bytes() if isinstance(source, Path) else source
     if not data:
@@ -37,6 +46,8 @@ def read_rgb(source: bytes | Path, max_pixels: int) -> Image.Image:
                 raise ImageError(f"too large: {width}x{height} pixels (limit {max_pixels})")
             if width == 0 or height == 0:
                 raise ImageError("image has no pixels")
+            if at_least is not None:
+                image.draft(image.mode, (at_least, at_least))
             image.load()
     except ImageError:
         raise
@@ -75,4 +86,4 @@ def to_pixels(image: Image.Image, size: int) -> np.ndarray:
 
 
 def load_pixels(source: bytes | Path, size: int, max_pixels: int) -> np.ndarray:
-    return to_pixels(read_rgb(source, max_pixels), size)
+    return to_pixels(read_rgb(source, max_pixels, at_least=REDUCING_GAP * size), size)
