@@ -18,15 +18,16 @@ class ImageError(ValueError):
     """The bytes are not a usable image; the message says why in a few words."""
 
 
-# A JPEG at least this many times larger than the size it is resized to (on both sides) is decoded at
-# 1/2, 1/4 or 1/8 scale first, as Pillow's `thumbnail` does: "with reducing_gap greater or equal to 3.0,
-# the result is indistinguishable from fair resampling in most cases" (Pillow's docs). A 12-megapixel
-# photo decodes in a fraction of the time and memory; no photo of the dataset is that large.
+# A JPEG is decoded at the 1/2, 1/4 or 1/8 scale that still leaves both sides at least this many times the
+# size it is resized to (so only one at least twice that large is reduced), as Pillow's `thumbnail` does:
+# "with reducing_gap greater or equal to 3.0, the result is indistinguishable from fair resampling in most
+# cases" (Pillow's docs). A 12-megapixel photo decodes in a fraction of the time and memory; no photo of
+# the dataset is large enough to be reduced, at 150 or 224 px.
 REDUCING_GAP = 3
 
 
 def read_rgb(source: bytes | Path, max_pixels: int, at_least: int | None = None) -> Image.Image:
-    """Decode a whole image (first frame of an animation) into RGB, or raise ImageError.
+    """Decode an image (the first frame of an animation) into RGB, or raise ImageError.
 
     Greyscale, palette, CMYK and alpha images are converted; transparent pixels become white.
     The EXIF orientation is applied, as any photo viewer does. `max_pixels` is checked from the
