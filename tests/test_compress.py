@@ -28,9 +28,9 @@ def test_compress_writes_an_int8_model_that_answers_like_the_keras_one(champion:
     assert metrics["source_val_accuracy"] == trained["val_accuracy"]
     assert metrics["source_val_loss"] == trained["val_loss"]
     assert 0 <= metrics["val_accuracy"] <= 1 and metrics["val_loss"] > 0
-    assert metrics["int8_until"] == "block4_pool"
-    # VGG16 blocks 1-4 (10 convolutions) take int8 inputs; block5's 3 and the head's 2 dense layers stay in float
-    assert _int8_inputs(COMPRESSED_DIR / "model.xml") == [True] * 10 + [False] * 5
+    assert metrics["int8_until"] is None
+    # the default: all 13 convolutions of VGG16 and the head's 2 dense layers take int8 inputs
+    assert _int8_inputs(COMPRESSED_DIR / "model.xml") == [True] * 15
     # The images the model is for (the held-out ones): the int8 logits follow the Keras model's. With random
     # VGG16 weights the logits are a few hundredths, so rounding shows; a broken quantization (e.g. ranges
     # measured on the bfloat16 graph) answers noise or a constant.
@@ -64,12 +64,13 @@ def _int8_inputs(xml: Path) -> list[bool]:
             if op.get_type_name() in ("Convolution", "MatMul")]
 
 
-def test_int8_until_null_quantizes_every_layer_and_a_missing_layer_is_named(champion: dict, in_project: Path,
-                                                                             tmp_path: Path) -> None:
+def test_int8_until_keeps_the_later_layers_in_float_and_a_missing_layer_is_named(champion: dict, in_project: Path,
+                                                                                  tmp_path: Path) -> None:
     model = keras.models.load_model(MODELS_DIR / "fine_tuning" / "model.keras")
     pixels = np.random.default_rng(3).integers(0, 256, (4, 48, 48, 3)).astype("float32")
-    save(quantize(model, pixels, None), tmp_path / "all")
-    assert _int8_inputs(tmp_path / "all" / "model.xml") == [True] * 15
+    save(quantize(model, pixels, "block4_pool"), tmp_path / "blocks1-4")
+    # VGG16 blocks 1-4 (10 convolutions) take int8 inputs; block5's 3 and the head's 2 dense layers stay in float
+    assert _int8_inputs(tmp_path / "blocks1-4" / "model.xml") == [True] * 10 + [False] * 5
     missing = "compress.int8_until: the model vgg16_classifier has no layer named 'block6'"
     with pytest.raises(ConfigError, match=missing):
         compress_model(make_params(**{"compress.int8_until": "block6"}), MODELS_DIR / "fine_tuning", tmp_path / "none")
