@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,12 +13,21 @@ import pytest
 from sklearn.metrics import log_loss
 
 import catsdogs
+from catsdogs.calibration import fit_temperature, logit_model
 from catsdogs.config import BACKUP_DIR, FEATURES_DIR, MODEL_NAMES, MODELS_DIR, SPLITS_DIR, load_params
 from catsdogs.data import MissingInputError, image_dataset, manifest_path, read_manifest
 from catsdogs.features import compute_features
 from catsdogs.images import load_pixels
 from catsdogs.models import build_scratch_cnn, build_vgg16_extractor
-from catsdogs.train import compile_model, float32_tensor, load_features, predict_in_chunks, train_model
+from catsdogs.train import (
+    calibrate,
+    compile_model,
+    feature_extraction_job,
+    float32_tensor,
+    load_features,
+    predict_in_chunks,
+    train_model,
+)
 from conftest import SIZE, make_params
 
 CNN = make_params().cnn
@@ -163,8 +173,9 @@ def test_each_model_trains_and_logs_one_run(trained: dict, in_project: Path, nam
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_each_model_is_saved_calibrated_on_the_validation_set(trained: dict, in_project: Path, name: str) -> None:
-    """The temperature minimises the validation log loss (T = 1, the plain sigmoid, is a candidate), and the
-    saved model carries it: its validation log loss is the calibrated one."""
+    """The temperature minimises the validation log loss of the saved model itself, run on the validation photos
+    (T = 1, the plain sigmoid, is a candidate): for a VGG16 model, not of the cached activations it trained on.
+    The saved model carries it, and its validation log loss is the calibrated one."""
     metrics = trained[name]
     saved = keras.models.load_model(MODELS_DIR / name / "model.keras")
     assert float(saved.get_layer("p_dog").temperature.numpy()) == pytest.approx(metrics["temperature"], rel=1e-6)
@@ -172,8 +183,10 @@ def test_each_model_is_saved_calibrated_on_the_validation_set(trained: dict, in_
     val = read_manifest(manifest_path("val", SPLITS_DIR))
     pixels = np.stack([load_pixels(image.path, SIZE, 10**8) for image in val]).astype("float32")
     y = np.array([image.label == "dog" for image in val])
-    p = saved.predict(pixels, verbose=0).reshape(-1).astype(np.float64)
-    assert log_loss(y, p, labels=[0, 1]) == pytest.approx(metrics["val_loss"], abs=2e-3)
+    p, logits = (out.reshape(-1).astype(np.float64) for out in logit_model(saved).predict(pixels, verbose=0))
+    assert fit_temperature(logits, y) == pytest.approx(metrics["temperature"], rel=1e-4)
+    assert log_loss(y, p, labels=[0, 1]) == pytest.approx(metrics["val_loss"], abs=1e-4)
+    assert np.mean((p >= 0.5) == y) == pytest.approx(metrics["val_accuracy"])
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -217,6 +230,22 @@ def test_a_run_logs_its_datasets_and_system_metrics(trained: dict, in_project: P
 def test_the_experiment_is_a_model_training_experiment(trained: dict, in_project: Path) -> None:
     experiment = mlflow.MlflowClient().get_experiment_by_name(load_params().mlflow.experiment)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_the_temperature_comes_from_the_whole_model_on_the_validation_photos(trained: dict, in_project: Path) -> None:
+    """A VGG16 model trains and validates on cached activations, but is saved, evaluated and served whole: its
+    temperature is fitted on the whole model's logits for the validation photos, whatever training validated on."""
+    params = load_params()
+    job = feature_extraction_job(params, params.models["feature_extraction"])
+    blank = (np.zeros_like(job.val_data[0]), job.val_data[1])  # activations that would give every photo one logit
+    value, logits, labels = calibrate(dataclasses.replace(job, val_data=blank))
+    val = read_manifest(manifest_path("val", SPLITS_DIR))
+    pixels = np.stack([load_pixels(image.path, SIZE, 10**8) for image in val]).astype("float32")
+    own = logit_model(job.model).predict(pixels, verbose=0)[1].reshape(-1).astype(np.float64)
+    np.testing.assert_allclose(logits, own, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(labels, [image.label == "dog" for image in val])
+    assert np.ptp(own) > 0 and value == pytest.approx(fit_temperature(own, labels), rel=1e-4)
+    assert float(job.model.get_layer("p_dog").temperature.numpy()) == pytest.approx(value, rel=1e-6)
 
 
 def test_fine_tuning_starts_from_the_feature_extraction_head(trained: dict, in_project: Path) -> None:

@@ -122,7 +122,7 @@ def train_model(name: str, params: Params, out_dir: Path, backup_dir: Path) -> d
         else:
             log.info("resuming run %s from %s", resumed, backup_dir)
         history = fit(job.trained_part, job.train_data, job.val_data, params.models[name], backup_dir)
-        temperature, logits, labels = calibrate(job, job.val_data)
+        temperature, logits, labels = calibrate(job)
         metrics = {
             "val_accuracy": float(np.mean((logits >= 0) == (labels >= 0.5))),
             "val_loss": float(log_loss(labels, expit(logits / temperature), labels=[0, 1])),  # as saved
@@ -134,7 +134,7 @@ def train_model(name: str, params: Params, out_dir: Path, backup_dir: Path) -> d
         }
         mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
         mlflow.log_figure(plot_history(history, name), "learning_curves.png")
-        model_info = log_model(job.model, job.val_data, job.class_names)
+        model_info = log_model(job.model, job.val_photos, job.class_names)
         write_outputs(out_dir, job.model, backup_dir / "history.csv", metrics,
                       {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
                        "model_uri": model_info.model_uri, "class_names": list(job.class_names),
@@ -191,27 +191,24 @@ class TrainingJob:
 
     model: keras.Model  # raw pixels in: saved, logged, evaluated and served
     trained_part: keras.Model  # `model` itself, or its layers after the cached VGG16 cut (they share weights)
-    logit_part: keras.Model  # trained_part up to the logit (before the calibrated sigmoid)
     train_data: Data
-    val_data: Data
+    val_data: Data  # what training validates on (early stopping): the photos, or their cached activations
+    val_photos: tf.data.Dataset  # the validation photos as `model` takes them (its temperature is fitted on them)
     class_names: tuple[str, ...]
 
 
 def cnn_job(params: Params, settings: ModelParams) -> TrainingJob:
     """scratch and augmented: the small CNN on decoded pixels, augmented inside the model if asked."""
     train = read_manifest(manifest_path("train", SPLITS_DIR))
-    val = read_manifest(manifest_path("val", SPLITS_DIR))
     class_names = binary_class_names(train)
     model = build_scratch_cnn(params.image_size, settings.dropout, _augmentation(params, settings), params.cnn)
     if settings.init_from:
         copy_weights(load_trained(settings.init_from), model)
-    size, max_pixels = params.image_size, params.split.max_pixels
-    train_ds = batched(image_dataset(train, class_names, size, max_pixels), settings.batch_size,
-                       shuffle_seed=params.train.seed)
-    val_ds = batched(image_dataset(val, class_names, size, max_pixels), settings.batch_size)
+    train_ds = batched(image_dataset(train, class_names, params.image_size, params.split.max_pixels),
+                       settings.batch_size, shuffle_seed=params.train.seed)
+    val_ds = validation_photos(params, class_names, params.image_size, settings.batch_size)
     compile_model(model, settings, steps_per_epoch=int(train_ds.cardinality()))
-    logit_part = keras.Model(model.inputs, model.get_layer(LOGIT_LAYER).output)
-    return TrainingJob(model, model, logit_part, train_ds, val_ds, class_names)
+    return TrainingJob(model, model, train_ds, val_ds, val_ds, class_names)
 
 
 def feature_extraction_job(params: Params, settings: ModelParams) -> TrainingJob:
@@ -222,7 +219,7 @@ def feature_extraction_job(params: Params, settings: ModelParams) -> TrainingJob
     block5 = tail_model(model, after=VGG16_CUT, until=VGG16_LAST)
     train = (predict_in_chunks(block5, features["train_x"]), features["train_y"])
     val = (predict_in_chunks(block5, [features["val_x"]]), features["val_y"])
-    return _activations_job(model, VGG16_LAST, train, val, features, settings)
+    return _activations_job(model, VGG16_LAST, train, val, features, params, settings)
 
 
 def fine_tuning_job(params: Params, settings: ModelParams) -> TrainingJob:
@@ -233,7 +230,7 @@ def fine_tuning_job(params: Params, settings: ModelParams) -> TrainingJob:
     model = unfreeze_block5(start)
     train = (float32_tensor(features["train_x"]), features["train_y"])
     val = (float32_tensor([features["val_x"]]), features["val_y"])
-    return _activations_job(model, VGG16_CUT, train, val, features, settings)
+    return _activations_job(model, VGG16_CUT, train, val, features, params, settings)
 
 
 RECIPES: dict[str, Callable[[Params, ModelParams], TrainingJob]] = {
@@ -253,13 +250,20 @@ def _new_vgg16_classifier(params: Params, settings: ModelParams) -> keras.Model:
                                   _augmentation(params, settings))
 
 
-def _activations_job(model: keras.Model, after: str, train: tuple, val: tuple, features: dict,
+def _activations_job(model: keras.Model, after: str, train: tuple, val: tuple, features: dict, params: Params,
                      settings: ModelParams) -> TrainingJob:
     """Train `model`'s layers after base layer `after` on its cached activations."""
     trained_part = tail_model(model, after=after)
     compile_model(trained_part, settings, steps_per_epoch=-(-len(train[1]) // settings.batch_size))
-    return TrainingJob(model, trained_part, tail_model(model, after=after, until=LOGIT_LAYER), train, val,
-                       tuple(features["class_names"]))
+    class_names = tuple(features["class_names"])
+    photos = validation_photos(params, class_names, params.vgg16_input_size, settings.batch_size)
+    return TrainingJob(model, trained_part, train, val, photos, class_names)
+
+
+def validation_photos(params: Params, class_names: tuple[str, ...], size: int, batch_size: int) -> tf.data.Dataset:
+    """The validation split's photos, decoded at `size` as the model takes them, and their labels, batched."""
+    val = read_manifest(manifest_path("val", SPLITS_DIR))
+    return batched(image_dataset(val, class_names, size, params.split.max_pixels), batch_size)
 
 
 def load_trained(name: str) -> keras.Model:
@@ -347,17 +351,18 @@ def predict_in_chunks(model: keras.Model, cached: Sequence[np.ndarray], chunk: i
                            for rows in _chunks(cached, chunk)])
 
 
-def calibrate(job: TrainingJob, val_data) -> tuple[float, np.ndarray, np.ndarray]:
-    """Fit the temperature of the model's probability layer on the validation set (log loss against the true
+def calibrate(job: TrainingJob) -> tuple[float, np.ndarray, np.ndarray]:
+    """Fit the temperature of the model's probability layer on the validation photos (log loss against the true
     labels, whatever label smoothing trained on); (the temperature, the validation logits, their labels).
 
+    The logits are the whole model's, as it is saved, evaluated and served: for a VGG16 model, not those of the
+    cached activations it trained on (int8 or float16 copies of the base's: their logits differ a little, and
+    by enough to move the temperature; reports/decisions.md).
     Labels are unchanged (the logits keep their order).
     """
-    if isinstance(val_data, tuple):
-        logits, labels = job.logit_part.predict(val_data[0], batch_size=64, verbose=0), np.asarray(val_data[1])
-    else:
-        batches = [(job.logit_part.predict_on_batch(x), y.numpy()) for x, y in val_data]
-        logits, labels = (np.concatenate(part) for part in zip(*batches, strict=True))
+    logit_part = keras.Model(job.model.inputs, job.model.get_layer(LOGIT_LAYER).output)
+    batches = [(logit_part.predict_on_batch(x), y.numpy()) for x, y in job.val_photos]
+    logits, labels = (np.concatenate(part) for part in zip(*batches, strict=True))
     logits, labels = logits.reshape(-1).astype(np.float64), labels.reshape(-1)
     value = fit_temperature(logits, labels)
     set_temperature(job.model, value)
@@ -433,14 +438,11 @@ def plot_history(history: dict[str, list], name: str):
     return fig
 
 
-def log_model(model: keras.Model, val_data, class_names: tuple[str, ...]):
-    """Log the full model (raw pixels in) with a signature and a one-image input example."""
+def log_model(model: keras.Model, val_photos, class_names: tuple[str, ...]):
+    """Log the full model (raw pixels in) with a signature and a validation photo as its input example."""
     from mlflow.models import infer_signature
 
-    size = model.input_shape[1]
-    example = np.zeros((1, size, size, 3), np.float32) + 127
-    if not isinstance(val_data, tuple):
-        example = next(iter(val_data))[0][:1].numpy()
+    example = next(iter(val_photos))[0][:1].numpy()
     signature = infer_signature(example, model.predict(example, verbose=0))
     # mlflow.tensorflow saves Keras 3 models as .keras files (mlflow.keras.log_model of MLflow 3.17
     # fails to write an input example); custom_objects lets loaders find the custom layers.
