@@ -88,6 +88,9 @@ OPTIMIZERS = {
     "rmsprop": lambda lr, decay: keras.optimizers.RMSprop(learning_rate=lr, weight_decay=decay),
     "sgd": lambda lr, decay: keras.optimizers.SGD(learning_rate=lr, momentum=0.9, weight_decay=decay),
 }
+# The validation photos through a whole VGG16 model (for its temperature) in batches this small: in float32 at
+# 224 px a batch of 32 holds about 1 GB of activations, on top of the training data still in memory.
+VGG16_PHOTO_BATCH = 8
 # Bytes a buffer TensorFlow takes over must be aligned to (its CPU kernels check; Eigen's maximum alignment).
 TENSOR_ALIGNMENT = 64
 
@@ -256,7 +259,7 @@ def _activations_job(model: keras.Model, after: str, train: tuple, val: tuple, f
     trained_part = tail_model(model, after=after)
     compile_model(trained_part, settings, steps_per_epoch=-(-len(train[1]) // settings.batch_size))
     class_names = tuple(features["class_names"])
-    photos = validation_photos(params, class_names, params.vgg16_input_size, settings.batch_size)
+    photos = validation_photos(params, class_names, params.vgg16_input_size, VGG16_PHOTO_BATCH)
     return TrainingJob(model, trained_part, train, val, photos, class_names)
 
 
