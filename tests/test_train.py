@@ -171,6 +171,13 @@ def test_each_model_trains_and_logs_one_run(trained: dict, in_project: Path, nam
     assert saved.input_shape == (None, SIZE, SIZE, 3)
 
 
+def _val_photos() -> tuple[np.ndarray, np.ndarray]:
+    """The tiny project's validation photos as the models take them (float32 pixels) and whether each is a dog."""
+    val = read_manifest(manifest_path("val", SPLITS_DIR))
+    pixels = np.stack([load_pixels(image.path, SIZE, 10**8) for image in val]).astype("float32")
+    return pixels, np.array([image.label == "dog" for image in val])
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_each_model_is_saved_calibrated_on_the_validation_set(trained: dict, in_project: Path, name: str) -> None:
     """The temperature minimises the validation log loss of the saved model itself, run on the validation photos
@@ -180,9 +187,7 @@ def test_each_model_is_saved_calibrated_on_the_validation_set(trained: dict, in_
     saved = keras.models.load_model(MODELS_DIR / name / "model.keras")
     assert float(saved.get_layer("p_dog").temperature.numpy()) == pytest.approx(metrics["temperature"], rel=1e-6)
     assert metrics["val_loss"] <= metrics["val_loss_uncalibrated"] + 1e-6
-    val = read_manifest(manifest_path("val", SPLITS_DIR))
-    pixels = np.stack([load_pixels(image.path, SIZE, 10**8) for image in val]).astype("float32")
-    y = np.array([image.label == "dog" for image in val])
+    pixels, y = _val_photos()
     p, logits = (out.reshape(-1).astype(np.float64) for out in logit_model(saved).predict(pixels, verbose=0))
     assert fit_temperature(logits, y) == pytest.approx(metrics["temperature"], rel=1e-4)
     assert log_loss(y, p, labels=[0, 1]) == pytest.approx(metrics["val_loss"], abs=1e-4)
@@ -239,11 +244,10 @@ def test_the_temperature_comes_from_the_whole_model_on_the_validation_photos(tra
     job = feature_extraction_job(params, params.models["feature_extraction"])
     blank = (np.zeros_like(job.val_data[0]), job.val_data[1])  # activations that would give every photo one logit
     value, logits, labels = calibrate(dataclasses.replace(job, val_data=blank))
-    val = read_manifest(manifest_path("val", SPLITS_DIR))
-    pixels = np.stack([load_pixels(image.path, SIZE, 10**8) for image in val]).astype("float32")
+    pixels, y = _val_photos()
     own = logit_model(job.model).predict(pixels, verbose=0)[1].reshape(-1).astype(np.float64)
     np.testing.assert_allclose(logits, own, rtol=1e-4, atol=1e-5)
-    np.testing.assert_array_equal(labels, [image.label == "dog" for image in val])
+    np.testing.assert_array_equal(labels, y)
     assert np.ptp(own) > 0 and value == pytest.approx(fit_temperature(own, labels), rel=1e-4)
     assert float(job.model.get_layer("p_dog").temperature.numpy()) == pytest.approx(value, rel=1e-6)
 
