@@ -108,6 +108,20 @@ def test_readme_results_table_is_the_generated_report() -> None:
     assert "\n".join(results) in readme, "copy reports/results.md's table into README.md's Results section"
 
 
+def test_markdown_links_resolve_and_every_kept_benchmark_is_listed() -> None:
+    """The READMEs' relative links name files that exist; reports/README.md lists every kept benchmark."""
+    pages = [ROOT / "README.md", ROOT / "bench" / "README.md", ROOT / "reports" / "README.md"]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)\)", page.read_text()):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert broken == []
+    index = (ROOT / "reports" / "README.md").read_text()
+    kept = sorted(path.name for path in (ROOT / "reports").glob("benchmark-*.md"))
+    assert kept and [name for name in kept if f"]({name})" not in index] == []
+
+
 def test_no_measured_figures_in_params_comments() -> None:
     """params.yaml says what a key means; timings and accuracies live in reports/ (they go stale)."""
     figures = re.compile(r"\d+(\.\d+)?\s?(ms|min|%|images/s)(\W|$)")
