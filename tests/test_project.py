@@ -110,14 +110,15 @@ def test_readme_results_table_is_the_generated_report() -> None:
 
 def test_markdown_links_resolve_and_every_kept_benchmark_is_listed() -> None:
     """The READMEs' relative links name files that exist; reports/README.md lists every kept benchmark."""
-    pages = [ROOT / "README.md", ROOT / "bench" / "README.md", ROOT / "reports" / "README.md"]
+    index_page = ROOT / "reports" / "README.md"
+    pages = {page: page.read_text() for page in (ROOT / "README.md", ROOT / "bench" / "README.md", index_page)}
     broken = []
-    for page in pages:
-        for target in re.findall(r"\]\(([^)#\s]+)\)", page.read_text()):
+    for page, text in pages.items():
+        for target in re.findall(r"\]\(([^)#\s]+)\)", text):
             if "://" not in target and not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(ROOT)}: {target}")
     assert broken == []
-    index = (ROOT / "reports" / "README.md").read_text()
+    index = pages[index_page]
     kept = sorted(path.name for path in (ROOT / "reports").glob("benchmark-*.md"))
     assert kept and [name for name in kept if f"]({name})" not in index] == []
 
