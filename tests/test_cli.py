@@ -29,7 +29,7 @@ def test_predict_prints_label_and_probabilities_per_file(champion: dict, in_proj
         p = dict(item.split("=") for item in probabilities.split())
         assert float(p["p_cat"]) + float(p["p_dog"]) == pytest.approx(1.0, abs=2e-4)
         assert (float(p["p_dog"]) >= 0.5) == (label == "dog")
-    assert "broken.jpg\terror: image 0: not an image" in err
+    assert "broken.jpg\terror: not an image (unknown format)" in err
     assert "missing.jpg\terror:" in err
 
 

@@ -236,8 +236,8 @@ def predict_files(paths: list[str], model_uri: str) -> tuple[pd.DataFrame, dict[
         except OSError as err:
             errors[path] = err.strerror or str(err)
             continue
-        except MlflowException as err:
-            errors[path] = err.message.split("Error: ")[-1]
+        except MlflowException as err:  # one file per call: its index in the request (0) says nothing here
+            errors[path] = err.message.split("Error: ")[-1].removeprefix("image 0: ")
             continue
         rows.append({"path": path, **result.iloc[0].to_dict()})
     return pd.DataFrame(rows), errors
