@@ -19,12 +19,10 @@ import pytest
 
 from bench.harness import free_port
 from catsdogs import synthetic
-from conftest import subprocess_env
+from conftest import require_binaries, subprocess_env
 
-if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-    if os.environ.get("CI") == "true":  # .ci/run installs it: a skip would hide a broken set-up
-        raise RuntimeError("Spark needs Java 17+ and CI has none")
-    pytest.skip("Spark needs Java 17+ (apt-get install openjdk-17-jre-headless)", allow_module_level=True)
+_no_java = shutil.which("java") is None and not os.environ.get("JAVA_HOME")
+require_binaries("Java 17+ (apt-get install openjdk-17-jre-headless)" if _no_java else None, "Spark tests")
 import pyspark  # noqa: E402  (a project extra that the test extra installs)
 
 CATSDOGS = str(Path(sys.executable).parent / "catsdogs")
