@@ -57,6 +57,13 @@ def test_pyfunc_rejects_bad_images_with_a_reason(pyfunc, case: str) -> None:
     assert err.value.get_http_status_code() == 400
 
 
+def test_pyfunc_names_the_bad_image_of_a_request(pyfunc) -> None:
+    good = _b64(_good_files()["photo.jpg"])
+    with pytest.raises(MlflowException) as err:
+        pyfunc.predict(pd.DataFrame({"image": [good, "not base64!!"]}))
+    assert err.value.message == "image 1: not valid base64"
+
+
 def test_pyfunc_rejects_empty_and_oversized_requests(pyfunc) -> None:
     with pytest.raises(MlflowException, match="no images"):
         pyfunc.predict(pd.DataFrame({"image": pd.Series([], dtype=str)}))

@@ -95,11 +95,11 @@ class ImageClassifier(PythonModel):
         pixels, failures = [], {}
         for index, value in enumerate(values):
             try:
-                pixels.append(self._decode(index, value))
+                pixels.append(self._decode(value))
             except MlflowException as err:
-                if errors == "raise":
-                    raise
-                failures[index] = err.message.removeprefix(f"image {index}: ")
+                if errors == "raise":  # HTTP 400 for the whole request: say which image
+                    raise _bad_request(f"image {index}: {err.message}") from None
+                failures[index] = err.message
         p_positive = np.full(len(values), np.nan)
         good = [i for i in range(len(values)) if i not in failures]
         if good:
@@ -124,20 +124,20 @@ class ImageClassifier(PythonModel):
         ]
         return np.concatenate(chunks).reshape(-1).astype(np.float64)
 
-    def _decode(self, index: int, value: Any) -> np.ndarray:
+    def _decode(self, value: Any) -> np.ndarray:
         if isinstance(value, str):
             try:
                 data = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
-                raise _bad_request(f"image {index}: not valid base64") from None
+                raise _bad_request("not valid base64") from None
         elif isinstance(value, (bytes, bytearray)):
             data = bytes(value)
         else:
-            raise _bad_request(f"image {index}: expected a base64 string, got {type(value).__name__}")
+            raise _bad_request(f"expected a base64 string, got {type(value).__name__}")
         try:
             return load_pixels(data, self.image_size, self.max_pixels)
         except ImageError as err:
-            raise _bad_request(f"image {index}: {err}") from None
+            raise _bad_request(str(err)) from None
 
 
 class CallBatcher:
