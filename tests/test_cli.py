@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from catsdogs import synthetic
 from catsdogs.cli import main
+from conftest import ROOT
 
 
 def test_predict_prints_label_and_probabilities_per_file(champion: dict, in_project, capsys) -> None:
@@ -31,6 +34,34 @@ def test_predict_prints_label_and_probabilities_per_file(champion: dict, in_proj
         assert (float(p["p_dog"]) >= 0.5) == (label == "dog")
     assert "broken.jpg\terror: not an image (unknown format)" in err
     assert "missing.jpg\terror:" in err
+
+
+def test_predict_before_a_model_is_registered_says_so_in_one_line(tmp_path, monkeypatch, capsys) -> None:
+    """A project whose tracking store holds no champion yet (before its first `dvc repro`)."""
+    shutil.copy(ROOT / "params.yaml", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    photo = tmp_path / "photo.jpg"
+    synthetic.make_photo(np.random.default_rng(0)).save(photo)
+    assert main(["predict", str(photo)]) == 1
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line.startswith("catsdogs predict:")]
+    assert said == ["catsdogs predict: cannot load model models:/catsdogs@champion: Registered Model with "
+                    "name=catsdogs not found (dvc repro registers the champion; --model names another)"]
+    assert "Traceback" not in err
+
+
+def test_commands_outside_the_project_say_where_to_run_them(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)  # no params.yaml here
+    photo = tmp_path / "photo.jpg"
+    synthetic.make_photo(np.random.default_rng(0)).save(photo)
+    assert main(["augment-preview", str(photo)]) == 1
+    assert capsys.readouterr().err.strip() == ("catsdogs augment-preview: params.yaml is missing; run from the "
+                                               "project root (where dvc.yaml is)")
+    # predict needs no params.yaml when --model names the model; a model that is not there is one line
+    assert main(["predict", "--model", str(tmp_path / "no-model"), str(photo)]) == 1
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("catsdogs predict:")]
+    assert len(said) == 1 and said[0].startswith(f"catsdogs predict: cannot load model {tmp_path / 'no-model'}: ")
 
 
 def test_augment_preview_writes_a_grid(in_project, tmp_path) -> None:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from catsdogs import configure_logging
+from catsdogs.config import ConfigError
 
 STAGES = ("download", "split", "features", "train", "evaluate", "report", "register")
 
@@ -70,10 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
-    if args.command == "predict":
-        return _predict(args.paths, args.model)
-    if args.command == "augment-preview":
-        return _preview(args.photo, args.out, args.count, args.seed)
+    try:
+        if args.command == "predict":
+            return _predict(args.paths, args.model)
+        if args.command == "augment-preview":
+            return _preview(args.photo, args.out, args.count, args.seed)
+    except ConfigError as err:  # params.yaml missing or invalid: one line, as the stages say it
+        print(f"catsdogs {args.command}: {err}", file=sys.stderr)
+        return 1
     if args.command == "services":
         return _services(args)
     from catsdogs.synthetic import write_dataset
@@ -84,14 +89,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _predict(paths: list[str], model_uri: str | None) -> int:
-    from catsdogs.config import load_params
-    from catsdogs.serve import predict_files
-    from catsdogs.tracking import setup_mlflow
+    from mlflow.exceptions import MlflowException
 
-    params = load_params()
-    setup_mlflow(params.mlflow)
-    uri = model_uri or f"models:/{params.register.name}@{params.register.alias}"
-    results, errors = predict_files(paths, uri)
+    from catsdogs.serve import predict_files
+    from catsdogs.tracking import TRACKING_ERRORS, model_failure, registered_model_uri, tracking_failure
+
+    uri = registered_model_uri(model_uri)
+    try:
+        results, errors = predict_files(paths, uri)
+    except MlflowException as err:  # each file's own errors are in `errors`: this one is the model's
+        print(f"catsdogs predict: {model_failure(uri, err)}", file=sys.stderr)
+        return 1
+    except TRACKING_ERRORS as err:
+        print(f"catsdogs predict: {tracking_failure(err)}", file=sys.stderr)
+        return 1
     for row in results.to_dict("records"):
         probabilities = "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("p_"))
         print(f"{row['path']}\t{row['label']}\t{probabilities}")
@@ -135,11 +146,12 @@ def _services(args: argparse.Namespace) -> int:
 
 
 def _preview(photo: Path, out: Path, count: int, seed: int) -> int:
-    from catsdogs.augment import preview_grid
     from catsdogs.config import load_params
+
+    params = load_params()  # before Keras loads: a missing params.yaml is one line, at once
+    from catsdogs.augment import preview_grid
     from catsdogs.images import ImageError, load_pixels
 
-    params = load_params()
     try:
         pixels = load_pixels(photo, params.image_size, params.split.max_pixels)
     except (ImageError, OSError) as err:

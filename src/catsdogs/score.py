@@ -30,6 +30,7 @@ import pandas as pd  # at module level: Spark resolves the pandas UDF's type hin
 from mlflow.exceptions import MlflowException
 
 from catsdogs import configure_logging, error_line
+from catsdogs.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = score(args.inputs, args.out, args.model, args.master, args.format, parse_conf(args.conf),
                         args.batch_size, args.overwrite)
-    except ScoreError as err:
+    except (ScoreError, ConfigError) as err:
         print(f"catsdogs score: {err}", file=sys.stderr)
         return 1
     print(f"{summary['files']} files, {summary['scored']} scored, {summary['errors']} errors, "
@@ -134,18 +135,13 @@ def resolve_model(model_uri: str | None) -> tuple[str, list[str]]:
     """The model's URI (default: the registered champion) and its class names, read from its signature."""
     from mlflow.models import get_model_info
 
-    from catsdogs.config import load_params
-    from catsdogs.tracking import TRACKING_ERRORS, setup_mlflow, tracking_failure
+    from catsdogs.tracking import TRACKING_ERRORS, model_failure, registered_model_uri, tracking_failure
 
-    params = load_params() if Path("params.yaml").is_file() else None
+    uri = registered_model_uri(model_uri)
     try:
-        if params is not None:
-            setup_mlflow(params.mlflow)
-        uri = model_uri or (f"models:/{params.register.name}@{params.register.alias}" if params
-                            else "models:/catsdogs@champion")
         info = get_model_info(uri)
     except MlflowException as err:
-        raise ScoreError(f"cannot load model {model_uri or 'the champion'}: {error_line(err)}") from None
+        raise ScoreError(model_failure(uri, err)) from None
     except TRACKING_ERRORS as err:
         raise ScoreError(tracking_failure(err)) from None
     signature = info.signature

@@ -22,7 +22,7 @@ from mlflow.data.pandas_dataset import PandasDataset, from_pandas
 from mlflow.exceptions import MlflowException
 
 from catsdogs import error_line
-from catsdogs.config import SPLIT_NAMES, SPLITS_DIR, MlflowParams
+from catsdogs.config import PARAMS_FILE, SPLIT_NAMES, SPLITS_DIR, MlflowParams, load_params
 
 # The experiment tag that tells MLflow's UI what the experiment is: here model training, so that it
 # opens on the runs table (not on the GenAI traces overview).
@@ -31,9 +31,14 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 
 
+def use_tracking_store(params: MlflowParams) -> None:
+    """Point MLflow at the project's store: MLFLOW_TRACKING_URI when set, else params.mlflow.tracking_uri."""
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or params.tracking_uri)
+
+
 def setup_mlflow(params: MlflowParams) -> str | None:
     """Point MLflow at the project's store and experiment; return the parent run id under `mlflow run`."""
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or params.tracking_uri)
+    use_tracking_store(params)
     experiment = mlflow.set_experiment(params.experiment)
     for key, value in EXPERIMENT_KIND.items():
         if experiment.tags.get(key) != value:
@@ -49,6 +54,23 @@ def tracking_failure(err: Exception) -> str:
     """One line for the user: which tracking store failed, why (its first line), and what to do."""
     return (f"the MLflow tracking store {mlflow.get_tracking_uri()} failed: {error_line(err)}; check that it is up "
             "(catsdogs services status) and rerun: an interrupted training run resumes where it stopped")
+
+
+def registered_model_uri(model_uri: str | None) -> str:
+    """The model that `catsdogs predict` and `score` use: `model_uri`, else the champion,
+    models:/<register.name>@<register.alias>, in the project's tracking store. Outside a project (no
+    params.yaml) MLflow's own settings (MLFLOW_TRACKING_URI) name the store and the champion is
+    models:/catsdogs@champion. It only reads: no experiment is created."""
+    if not PARAMS_FILE.is_file():
+        return model_uri or "models:/catsdogs@champion"
+    params = load_params()
+    use_tracking_store(params.mlflow)
+    return model_uri or f"models:/{params.register.name}@{params.register.alias}"
+
+
+def model_failure(model_uri: str, err: Exception) -> str:
+    """One line for a model that could not be loaded: which, why, and what to do."""
+    return f"cannot load model {model_uri}: {error_line(err)} (dvc repro registers the champion; --model names another)"
 
 
 def git_commit() -> str:
