@@ -69,8 +69,10 @@ def registered_model_uri(model_uri: str | None) -> str:
 
 
 def model_failure(model_uri: str, err: Exception) -> str:
-    """One line for a model that could not be loaded: which, why, and what to do."""
-    return f"cannot load model {model_uri}: {error_line(err)} (dvc repro registers the champion; --model names another)"
+    """One line for a model that could not be loaded: which, why, and (when it is not there) what to do."""
+    missing = isinstance(err, MlflowException) and err.error_code == "RESOURCE_DOES_NOT_EXIST"
+    hint = " (dvc repro registers the champion; --model names another)" if missing else ""
+    return f"cannot load model {model_uri}: {error_line(err)}{hint}"
 
 
 def git_commit() -> str:
