@@ -37,8 +37,8 @@ BATCH = 32
 
 def main() -> None:
     configure_logging()
-    params = load_params()
     try:
+        params = load_params()
         setup_mlflow(params.mlflow)
         compress_model(params, MODELS_DIR / params.register.model, COMPRESSED_DIR)
     except (MissingInputError, ConfigError) as err:

@@ -337,8 +337,12 @@ def build(cls: type, raw: Any, where: str) -> Any:
     values = {name: _convert(hints[name], raw[name], _join(where, name)) for name in names}
     try:
         return cls(**values)
-    except ConfigError:
-        raise
+    except ConfigError as err:
+        # a section that repeats under a mapping (models.<name>) writes its keys as models.*.<key>: name which
+        parent = where.rpartition(".")[0]
+        if not parent:
+            raise
+        raise ConfigError(str(err).replace(f"{parent}.*", where)) from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{label}: {err}") from err
 

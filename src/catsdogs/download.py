@@ -24,7 +24,7 @@ import requests
 from tqdm import tqdm
 
 from catsdogs import configure_logging
-from catsdogs.config import RAW_DIR, DataParams, load_params
+from catsdogs.config import RAW_DIR, ConfigError, DataParams, load_params
 from catsdogs.data import LayoutError, class_counts, find_labelled_images
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,9 @@ class DownloadError(RuntimeError):
 
 def main() -> None:
     configure_logging()
-    params = load_params()
     try:
-        fetch_dataset(params.data, RAW_DIR)
-    except DownloadError as err:
+        fetch_dataset(load_params().data, RAW_DIR)
+    except (DownloadError, ConfigError) as err:
         sys.exit(f"download: {err}")
 
 

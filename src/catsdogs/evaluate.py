@@ -52,8 +52,8 @@ WORST_SHOWN = 12
 def main(argv: list[str] | None = None) -> None:
     name = parse_model_name(argv, __doc__)
     configure_logging()
-    params = load_params()
     try:
+        params = load_params()
         setup_mlflow(params.mlflow)
         evaluate_model(params, MODELS_DIR / name, EVALUATION_DIR / name)
     except (MissingInputError, ConfigError) as err:

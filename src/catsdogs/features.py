@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 
 def main() -> None:
     configure_logging()
-    params = load_params()
-    keras.utils.set_random_seed(params.train.seed)
     try:
+        params = load_params()
+        keras.utils.set_random_seed(params.train.seed)
         compute_features(params, SPLITS_DIR, FEATURES_DIR)
     except (WeightsError, MissingInputError, ConfigError) as err:
         sys.exit(f"features: {err}")

@@ -66,8 +66,8 @@ REGISTERED_FILE = MODELS_DIR / "registered.json"
 
 def main() -> None:
     configure_logging()
-    params = load_params()
     try:
+        params = load_params()
         setup_mlflow(params.mlflow)
         result = register_model(params, MODELS_DIR / params.register.model, EVALUATION_DIR / params.register.model)
     except (MissingInputError, ConfigError) as err:

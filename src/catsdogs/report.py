@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -38,7 +39,10 @@ TITLES = {
 
 def main() -> None:
     configure_logging()
-    write_report(MODELS_DIR, EVALUATION_DIR, REPORTS_DIR)
+    try:
+        write_report(MODELS_DIR, EVALUATION_DIR, REPORTS_DIR)
+    except MissingInputError as err:
+        sys.exit(f"report: {err}")
 
 
 def write_report(models_dir: Path, evaluation_dir: Path, out_dir: Path) -> str:

@@ -73,10 +73,10 @@ class Group:
 
 def main() -> None:
     configure_logging()
-    params = load_params()
     try:
+        params = load_params()
         summary = split_dataset(RAW_DIR, SPLITS_DIR, params.split)
-    except (ValueError, MissingInputError) as err:  # LayoutError and too-few-images are ValueErrors
+    except (ValueError, MissingInputError) as err:  # LayoutError, too few images and ConfigError are ValueErrors
         sys.exit(f"split: {err}")
     log.info(
         "split: %s; rejected %d; duplicate groups %d",

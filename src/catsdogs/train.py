@@ -98,8 +98,8 @@ TENSOR_ALIGNMENT = 64
 def main(argv: list[str] | None = None) -> None:
     name = parse_model_name(argv, __doc__)
     configure_logging()
-    params = load_params()
     try:
+        params = load_params()
         train_model(name, params, MODELS_DIR / name, BACKUP_DIR / name)
     except (WeightsError, MissingInputError, ConfigError) as err:
         sys.exit(f"train {name}: {err}")
