@@ -53,7 +53,7 @@ TRACKING_ERRORS = (MlflowException, requests.RequestException)
 def tracking_failure(err: Exception) -> str:
     """One line for the user: which tracking store failed, why (its first line), and what to do."""
     return (f"the MLflow tracking store {mlflow.get_tracking_uri()} failed: {error_line(err)}; check that it is up "
-            "(catsdogs services status) and rerun: an interrupted training run resumes where it stopped")
+            "(catsdogs services status) and rerun")
 
 
 def registered_model_uri(model_uri: str | None) -> str:

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     except (WeightsError, MissingInputError, ConfigError) as err:
         sys.exit(f"train {name}: {err}")
     except TRACKING_ERRORS as err:
-        sys.exit(f"train {name}: {tracking_failure(err)}")
+        sys.exit(f"train {name}: {tracking_failure(err)}: the interrupted run resumes where it stopped")
 
 
 def train_model(name: str, params: Params, out_dir: Path, backup_dir: Path) -> dict:
