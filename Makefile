@@ -4,7 +4,7 @@
 #   make test-fast  the unit tests alone (no trained models, no services): under 2 minutes
 #   make lint       ruff (pycodestyle, pyflakes, isort, bugbear, pyupgrade) and mypy on src/
 #   make bench      the performance benchmark on the real data (../shared), reports/benchmark.md
-#   make ui         the MLflow UI of the local store (mlflow.db) on 127.0.0.1:5000
+#   make ui         the MLflow UI of the tracking store on 127.0.0.1:5000 (a tracking server's: its link)
 #   make plots      the DVC plots as dvc_plots/index.html, which draws with no network
 PYTHON ?= python3
 VENV := .venv
@@ -48,14 +48,9 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run \
 		--data ../shared/data/cats_and_dogs_filtered.zip --weights ../shared/weights/vgg16_notop.h5
 
-# MLflow 3's UI opens experiments on its GenAI pages unless the browser switched to "Model training": this
-# link carries the switch (workflowType) to the training runs.
+# The MLflow UI of the tracking store (catsdogs ui): the link it prints opens the training runs.
 ui: $(STAMP)
-	@$(BIN)/python -c 'import mlflow; from catsdogs.config import load_params; p = load_params().mlflow; \
-	mlflow.set_tracking_uri(p.tracking_uri); e = mlflow.get_experiment_by_name(p.experiment); \
-	print(f"training runs: http://127.0.0.1:5000/#/experiments/{e.experiment_id}?workflowType=machine_learning" \
-	if e else "no runs yet: make repro first")' 2>/dev/null
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/catsdogs ui
 
 plots: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/catsdogs plots -o dvc_plots

@@ -1,16 +1,21 @@
-"""The `catsdogs` command: predict with the registered champion, and the augmentation preview."""
+"""The `catsdogs` command: predict with the registered champion, the augmentation preview, the UI; and its errors."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
+from bench.harness import free_port, server_process
 from catsdogs import synthetic
 from catsdogs.cli import main
-from conftest import ROOT
+from conftest import ROOT, subprocess_env
 
 
 def test_predict_prints_label_and_probabilities_per_file(champion: dict, in_project, capsys) -> None:
@@ -71,3 +76,23 @@ def test_augment_preview_writes_a_grid(in_project, tmp_path) -> None:
     assert main(["augment-preview", str(photo), "--out", str(out), "--count", "7"]) == 0
     with Image.open(out) as image:
         assert image.format == "PNG" and image.width >= 800
+
+
+@pytest.mark.slow
+def test_ui_serves_the_store_and_prints_the_link_to_its_training_runs(tmp_path: Path) -> None:
+    import mlflow
+
+    shutil.copy(ROOT / "params.yaml", tmp_path)  # its store: sqlite:///mlflow.db, here
+    experiment = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").create_experiment("catsdogs")
+    catsdogs, env, port = str(Path(sys.executable).parent / "catsdogs"), subprocess_env(), free_port()
+    url = f"http://127.0.0.1:{port}"
+    link = f"training runs: {url}/#/experiments/{experiment}?workflowType=machine_learning"
+    log = tmp_path / "ui.log"
+    with server_process([catsdogs, "ui", "--port", str(port)], tmp_path, env, log, f"{url}/health", timeout=180):
+        assert log.read_text().splitlines()[0] == link
+        got = requests.get(f"{url}/api/2.0/mlflow/experiments/get", params={"experiment_id": experiment}, timeout=30)
+        assert got.json()["experiment"]["name"] == "catsdogs"
+        # with a tracking server as the store (MLFLOW_TRACKING_URI), the server is the UI: its link, nothing started
+        remote = subprocess.run([catsdogs, "ui", "--port", str(free_port())], cwd=tmp_path, capture_output=True,
+                                text=True, env={**env, "MLFLOW_TRACKING_URI": url}, timeout=120)
+        assert remote.returncode == 0 and remote.stdout.strip() == link

@@ -6,12 +6,14 @@
     catsdogs services up|down|status|add-user    the team's tracking server, database and object store
     catsdogs score INPUT... --out PATH           batch scoring of folders, files or tables on Spark (score.py)
     catsdogs plots [show|diff] [DVC_ARGS...]     dvc plots as a page that draws offline (plots.py)
+    catsdogs ui [--port 5000]                    the MLflow UI of the tracking store, and the link to the runs
     catsdogs download | split | features | train NAME | evaluate NAME | report | register   (the DVC stages)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                         add_help=False)
     commands.add_parser("plots", help="dvc plots show / diff as an HTML page that needs no network",
                         add_help=False)
+    ui = commands.add_parser("ui", help="the MLflow UI of the project's tracking store (a server's: its link)")
+    ui.add_argument("--port", type=int, default=5000, help="for a local store: the UI's port on 127.0.0.1")
     for stage in STAGES:
         commands.add_parser(stage, help=f"DVC stage {stage} (python -m catsdogs.{stage})", add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -76,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args.paths, args.model)
         if args.command == "augment-preview":
             return _preview(args.photo, args.out, args.count, args.seed)
+        if args.command == "ui":
+            return _ui(args.port)
     except ConfigError as err:  # params.yaml missing or invalid: one line, as the stages say it
         print(f"catsdogs {args.command}: {err}", file=sys.stderr)
         return 1
@@ -109,6 +115,36 @@ def _predict(paths: list[str], model_uri: str | None) -> int:
     for path, message in errors.items():
         print(f"{path}\terror: {message}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _ui(port: int) -> int:
+    """Print the link to the experiment's training runs, then serve the UI of a local store on 127.0.0.1 (a
+    tracking server serves its own: the link is to it). MLflow 3's UI opens an experiment on its GenAI pages
+    unless the link carries the switch to model training (workflowType)."""
+    import mlflow
+
+    from catsdogs.config import load_params
+    from catsdogs.tracking import TRACKING_ERRORS, tracking_failure, use_tracking_store
+
+    params = load_params()
+    use_tracking_store(params.mlflow)
+    store = mlflow.get_tracking_uri()
+    server = store.startswith(("http://", "https://"))
+    try:
+        experiment = mlflow.get_experiment_by_name(params.mlflow.experiment)
+    except TRACKING_ERRORS as err:
+        print(f"catsdogs ui: {tracking_failure(err)}", file=sys.stderr)
+        return 1
+    base = store.rstrip("/") if server else f"http://127.0.0.1:{port}"
+    print(f"training runs: {base}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
+          if experiment else f"no runs yet in {store}: dvc repro first", flush=True)
+    if server:
+        return 0
+    bin_dir = str(Path(sys.executable).parent)  # mlflow ui starts uvicorn from PATH, as in an activated venv
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
+               "--port", str(port)]
+    os.execve(sys.executable, command, env)
 
 
 def _services(args: argparse.Namespace) -> int:
