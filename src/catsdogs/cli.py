@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from catsdogs import configure_logging
-from catsdogs.config import ConfigError
+from catsdogs.config import ConfigError, load_params
 
 STAGES = ("download", "split", "features", "train", "evaluate", "report", "register")
 
@@ -123,7 +123,6 @@ def _ui(port: int) -> int:
     unless the link carries the switch to model training (workflowType)."""
     import mlflow
 
-    from catsdogs.config import load_params
     from catsdogs.tracking import TRACKING_ERRORS, tracking_failure, use_tracking_store
 
     params = load_params()
@@ -182,8 +181,6 @@ def _services(args: argparse.Namespace) -> int:
 
 
 def _preview(photo: Path, out: Path, count: int, seed: int) -> int:
-    from catsdogs.config import load_params
-
     params = load_params()  # before Keras loads: a missing params.yaml is one line, at once
     from catsdogs.augment import preview_grid
     from catsdogs.images import ImageError, load_pixels
