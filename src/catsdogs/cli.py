@@ -139,11 +139,9 @@ def _ui(port: int) -> int:
           if experiment else f"no runs yet in {store}: dvc repro first", flush=True)
     if server:
         return 0
-    bin_dir = str(Path(sys.executable).parent)  # mlflow ui starts uvicorn from PATH, as in an activated venv
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
                "--port", str(port)]
-    os.execve(sys.executable, command, env)
+    os.execv(sys.executable, command)
 
 
 def _services(args: argparse.Namespace) -> int:

@@ -68,9 +68,9 @@ def registered_model_uri(model_uri: str | None) -> str:
     return model_uri or f"models:/{params.register.name}@{params.register.alias}"
 
 
-def model_failure(model_uri: str, err: Exception) -> str:
+def model_failure(model_uri: str, err: MlflowException) -> str:
     """One line for a model that could not be loaded: which, why, and (when it is not there) what to do."""
-    missing = isinstance(err, MlflowException) and err.error_code == "RESOURCE_DOES_NOT_EXIST"
+    missing = err.error_code == "RESOURCE_DOES_NOT_EXIST"
     hint = " (dvc repro registers the champion; --model names another)" if missing else ""
     return f"cannot load model {model_uri}: {error_line(err)}{hint}"
 
