@@ -57,6 +57,14 @@ def offline_template(path: Path = TEMPLATE) -> Path:
     return path
 
 
+def workspace_has_plots() -> bool:
+    """Whether any of the files that dvc.yaml declares as plots is in the workspace."""
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        return any(Path(out.fs_path).exists() for out in repo.index.plots)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
@@ -66,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     if not Path("dvc.yaml").is_file():
         print("catsdogs plots: run it in the project folder (where dvc.yaml is)", file=sys.stderr)
         return 2
+    if command == "show" and not workspace_has_plots():
+        # DVC itself says "failed to load some plots" and writes an empty page, with exit status 0
+        print("catsdogs plots: no plots in the workspace yet: `dvc repro` makes them (in a clone of a team's "
+              "project, `dvc pull` fetches them)", file=sys.stderr)
+        return 1
     template = offline_template()
     dvc = [sys.executable, "-m", "dvc", "plots", command, "--html-template", str(template.resolve()), *args]
     return subprocess.run(dvc, check=False).returncode
