@@ -7,6 +7,7 @@ an unknown or missing key fails at load time and names itself.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ class DataParams:
     max_bytes: int
 
     def __post_init__(self) -> None:
-        if not self.url:
+        if not self.url.strip():
             raise ConfigError("data.url is empty; give an http(s) URL, a file:// URL or a local path")
         if self.sha256 is not None and (
             len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256.lower())
@@ -169,7 +170,8 @@ class ModelParams:
                  "models.*.reduce_lr_patience must be > 0 with schedule: plateau, and 0 otherwise")
         _require(0 < self.learning_rate < 1, "models.*.learning_rate must be in (0, 1)")
         _require(0 <= self.dropout < 1, "models.*.dropout must be in [0, 1)")
-        _require(self.early_stopping_patience >= 0 and self.reduce_lr_patience >= 0, "patience must be >= 0")
+        _require(self.early_stopping_patience >= 0, "models.*.early_stopping_patience must be >= 0")
+        _require(self.reduce_lr_patience >= 0, "models.*.reduce_lr_patience must be >= 0")
         if self.views is not None:
             _require(len(self.views) > 0 and len(set(self.views)) == len(self.views) and min(self.views) >= 0,
                      f"models.*.views must be null or distinct view numbers >= 0, got {list(self.views)}")
@@ -207,6 +209,7 @@ class TrainParams:
     precision: str  # auto: bfloat16 where the hardware runs it fast, float32 elsewhere
 
     def __post_init__(self) -> None:
+        _require(0 <= self.seed < 2**32, f"train.seed must be in 0..2**32-1 (NumPy's seeds), got {self.seed}")
         _one_of("train.precision", self.precision, PRECISIONS)
 
 
@@ -214,6 +217,10 @@ class TrainParams:
 class MlflowParams:
     experiment: str
     tracking_uri: str  # MLFLOW_TRACKING_URI, when set, wins (see tracking.py)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.experiment.strip()), "mlflow.experiment must name an experiment, got an empty name")
+        _require(bool(self.tracking_uri.strip()), "mlflow.tracking_uri must be a store's URI (e.g. sqlite:///mlflow.db)")
 
 
 @dataclass(frozen=True)
@@ -248,6 +255,13 @@ class RegisterParams:
     def __post_init__(self) -> None:
         _one_of("register.model", self.model, MODEL_NAMES)
         _one_of("register.metric", self.metric, tuple(GATE_METRICS))
+        # MLflow's own rules, checked before any stage runs rather than when register reaches its registry
+        _require(bool(self.name.strip()) and not set(self.name) & set("/:"),
+                 f"register.name must be a name without '/' or ':', got {self.name!r}")
+        _require(re.fullmatch(r"[\w-]+", self.alias) is not None and self.alias.lower() != "latest"
+                 and re.fullmatch(r"[vV]\d+", self.alias) is None,
+                 f"register.alias must be letters, digits, '_' or '-', and not 'latest' or v<number> (MLflow "
+                 f"reserves them), got {self.alias!r}")
         _require(self.min_delta > 0, f"register.min_delta must be > 0, got {self.min_delta}")
         _require(self.min_val_accuracy is None or 0 <= self.min_val_accuracy <= 1,
                  f"register.min_val_accuracy must be in [0, 1] or null, got {self.min_val_accuracy}")
