@@ -118,12 +118,20 @@ def test_services_answer_on_loopback_and_keep_their_secrets_in_dir(team: dict) -
     assert {name: services.read_pid(services.Paths(team["dir"]), name) for name in pids} == pids
 
 
-def test_without_credentials_the_server_answers_401(team: dict) -> None:
+def test_without_credentials_the_server_answers_401(team: dict, tmp_path: Path) -> None:
     url = f"{team['state'].tracking_uri}/api/2.0/mlflow/experiments/search"
     assert requests.get(url, params={"max_results": 1}, timeout=10).status_code == 401
     assert requests.get(url, params={"max_results": 1}, auth=("admin", "wrong"), timeout=10).status_code == 401
     ok = requests.get(url, params={"max_results": 1}, auth=("admin", team["state"].admin_password), timeout=10)
     assert ok.status_code == 200
+    # a command without the login says which variables to set, in one line
+    (tmp_path / "photo.jpg").write_bytes(synthetic.encode(synthetic.make_photo(np.random.default_rng(1))))
+    env = {key: value for key, value in team_env(team).items()
+           if key not in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    predicted = subprocess.run([str(Path(sys.executable).parent / "catsdogs"), "predict", "photo.jpg"], cwd=tmp_path,
+                               env=env, capture_output=True, text=True, timeout=120)
+    assert predicted.returncode == 1 and "Traceback" not in predicted.stderr
+    assert "401" in predicted.stderr and "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in predicted.stderr
 
 
 def test_the_pipeline_logs_runs_models_and_the_registry_to_the_server(team: dict, clone_a: Path, as_admin) -> None:
@@ -185,6 +193,13 @@ def test_a_read_only_user_can_read_but_not_register_or_move_the_alias(team: dict
     alias = requests.post(f"{base}/registered-models/alias", auth=auth, timeout=10,
                           json={"name": "catsdogs", "alias": "champion", "version": version["version"]})
     assert alias.status_code == 403, alias.text[:300]
+    # the register stage run with that login stops at its first change, in one line that names the login
+    env = team_env(team, MLFLOW_TRACKING_USERNAME="reader", MLFLOW_TRACKING_PASSWORD=password)
+    stage = subprocess.run([sys.executable, "-m", "catsdogs.register"], cwd=clone_a, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert stage.returncode == 1 and "Traceback" not in stage.stderr
+    last = stage.stderr.strip().splitlines()[-1]
+    assert last.startswith("register: ") and "403" in last and "may not make this change" in last, last
 
 
 def test_two_training_stages_log_at_the_same_time(team: dict, clone_a: Path, as_admin) -> None:

@@ -48,12 +48,19 @@ def setup_mlflow(params: MlflowParams) -> str | None:
 
 # What a stage sees when the tracking store fails or cannot be reached (a server killed, a network gone).
 TRACKING_ERRORS = (MlflowException, requests.RequestException)
+# What to do when a tracking server with logins (MLflow's basic-auth app) answers 401 or 403, by MLflow's error code.
+LOGIN_HINTS = {
+    "UNAUTHENTICATED": "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (for `catsdogs services`: "
+                       "source .services/env) and rerun",
+    "PERMISSION_DENIED": "the login MLFLOW_TRACKING_USERNAME names may not make this change (a read-only user?); "
+                         "rerun with one that may",
+}
 
 
 def tracking_failure(err: Exception) -> str:
     """One line for the user: which tracking store failed, why (its first line), and what to do."""
-    return (f"the MLflow tracking store {mlflow.get_tracking_uri()} failed: {error_line(err)}; check that it is up "
-            "(catsdogs services status) and rerun")
+    hint = LOGIN_HINTS.get(getattr(err, "error_code", ""), "check that it is up (catsdogs services status) and rerun")
+    return f"the MLflow tracking store {mlflow.get_tracking_uri()} failed: {error_line(err)}; {hint}"
 
 
 def registered_model_uri(model_uri: str | None) -> str:
@@ -70,8 +77,10 @@ def registered_model_uri(model_uri: str | None) -> str:
 
 def model_failure(model_uri: str, err: MlflowException) -> str:
     """One line for a model that could not be loaded: which, why, and (when it is not there) what to do."""
-    missing = err.error_code == "RESOURCE_DOES_NOT_EXIST"
-    hint = " (dvc repro registers the champion; --model names another)" if missing else ""
+    if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+        hint = " (dvc repro registers the champion; --model names another)"
+    else:
+        hint = f"; {LOGIN_HINTS[err.error_code]}" if err.error_code in LOGIN_HINTS else ""
     return f"cannot load model {model_uri}: {error_line(err)}{hint}"
 
 
