@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import yaml
 from PIL import Image
 
 from bench.harness import free_port, server_process
@@ -67,6 +68,18 @@ def test_commands_outside_the_project_say_where_to_run_them(tmp_path, monkeypatc
     assert main(["predict", "--model", str(tmp_path / "no-model"), str(photo)]) == 1
     said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("catsdogs predict:")]
     assert len(said) == 1 and said[0].startswith(f"catsdogs predict: cannot load model {tmp_path / 'no-model'}: ")
+
+
+def test_every_dvc_stage_is_a_command(tmp_path, monkeypatch) -> None:
+    """`catsdogs <stage> [NAME]` runs what dvc.yaml runs as `python -m catsdogs.<stage> [NAME]`; here outside
+    the project, where each says what is missing in one line."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    commands = [stage.get("do", stage)["cmd"].removeprefix("python -m catsdogs.") for stage in stages.values()]
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        argv = command.replace("${item}", "fine_tuning").split()
+        with pytest.raises(SystemExit, match=f"^{' '.join(argv)}: \\S+ is missing; run"):
+            main(argv)
 
 
 def test_augment_preview_writes_a_grid(in_project, tmp_path) -> None:

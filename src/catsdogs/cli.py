@@ -7,7 +7,7 @@
     catsdogs score INPUT... --out PATH           batch scoring of folders, files or tables on Spark (score.py)
     catsdogs plots [show|diff] [DVC_ARGS...]     dvc plots as a page that draws offline (plots.py)
     catsdogs ui [--port 5000]                    the MLflow UI of the tracking store, and the link to the runs
-    catsdogs download | split | features | train NAME | evaluate NAME | report | register   (the DVC stages)
+    catsdogs download | split | features | train NAME | evaluate NAME | report | compress | register  (DVC stages)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from catsdogs import configure_logging
 from catsdogs.config import ConfigError, load_params
 
-STAGES = ("download", "split", "features", "train", "evaluate", "report", "register")
+STAGES = ("download", "split", "features", "train", "evaluate", "report", "compress", "register")
 
 
 def main(argv: list[str] | None = None) -> int:
