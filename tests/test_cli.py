@@ -82,6 +82,19 @@ def test_every_dvc_stage_is_a_command(tmp_path, monkeypatch) -> None:
             main(argv)
 
 
+def test_demo_data_writes_a_data_set_the_pipeline_reads(tmp_path, capsys) -> None:
+    from catsdogs.data import class_counts, find_labelled_images
+
+    assert main(["demo-data", str(tmp_path / "demo"), "--per-class", "4", "--layout", "kaggle"]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote 8 images under {tmp_path / 'demo'}"
+    assert class_counts(find_labelled_images(tmp_path / "demo")[1]) == {"cat": 4, "dog": 4}
+    for bad in (["--per-class", "0"], ["--layout", "flat"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["demo-data", str(tmp_path / "other"), *bad])
+        assert exit_info.value.code == 2 and "--per-class must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
 def test_augment_preview_writes_a_grid(in_project, tmp_path) -> None:
     photo = tmp_path / "photo.jpg"
     synthetic.make_photo(np.random.default_rng(0), (200, 150)).save(photo)

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo-data", help="write a small generated data set (stripes: cat vs dog)")
     demo.add_argument("folder", type=Path)
     demo.add_argument("--per-class", type=int, default=100)
-    demo.add_argument("--layout", default="filtered")
+    demo.add_argument("--layout", default="filtered", help="as which archive: filtered, petimages, kaggle, classes")
     services = commands.add_parser("services", help="start, stop or inspect the team services (services.py)")
     services.add_argument("action", choices=("up", "down", "status", "add-user"))
     services.add_argument("username", nargs="?", help="add-user: the new login's name")
@@ -87,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.command == "services":
         return _services(args)
-    from catsdogs.synthetic import write_dataset
+    from catsdogs.synthetic import LAYOUTS, write_dataset
 
+    if args.per_class < 1 or args.layout not in LAYOUTS:
+        demo.error(f"--per-class must be >= 1 and --layout one of {', '.join(LAYOUTS)}")
     paths = write_dataset(args.folder, per_class=args.per_class, layout=args.layout)
     print(f"wrote {len(paths)} images under {args.folder}")
     return 0
