@@ -95,6 +95,13 @@ def test_demo_data_writes_a_data_set_the_pipeline_reads(tmp_path, capsys) -> Non
     assert not (tmp_path / "other").exists()
 
 
+@pytest.mark.parametrize("bad", [["--count", "0"], ["--out", "preview.txt"], ["--out", "preview"]])
+def test_augment_preview_refuses_a_count_or_file_type_it_cannot_draw(bad: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["augment-preview", "photo.jpg", *bad])
+    assert exit_info.value.code == 2 and "--out a file name ending in one of" in capsys.readouterr().err
+
+
 def test_augment_preview_writes_a_grid(in_project, tmp_path) -> None:
     photo = tmp_path / "photo.jpg"
     synthetic.make_photo(np.random.default_rng(0), (200, 150)).save(photo)

@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "predict":
             return _predict(args.paths, args.model)
         if args.command == "augment-preview":
+            from matplotlib.backend_bases import FigureCanvasBase
+
+            formats = sorted(FigureCanvasBase.get_supported_filetypes())
+            if args.count < 1 or args.out.suffix.lower().lstrip(".") not in formats:
+                preview.error(f"--count must be >= 1 and --out a file name ending in one of {', '.join(formats)}")
             return _preview(args.photo, args.out, args.count, args.seed)
         if args.command == "ui":
             return _ui(args.port)
