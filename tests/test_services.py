@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -47,6 +48,20 @@ def test_status_before_up_and_when_stopped(tmp_path: Path) -> None:
     services.load_or_create_state(paths, None, None, None)
     assert services.status(paths.root) == dict.fromkeys(services.SERVICES, "stopped")
     assert services.down(paths.root) == []
+
+
+def test_a_port_another_program_holds_stops_up_before_anything_starts(tmp_path: Path) -> None:
+    paths = services.Paths(tmp_path / ".services")
+    with socket.create_server(("127.0.0.1", 0)) as held:  # listening, as a UI left on port 5000 would be
+        port = held.getsockname()[1]
+        services.load_or_create_state(paths, None, None, None, {"mlflow": port})
+        assert services.status(paths.root)["mlflow"] == f"stopped; another program listens on 127.0.0.1:{port}"
+        with pytest.raises(services.ServiceError, match=f"port {port} \\(mlflow\\) on 127.0.0.1 is in use by "
+                                                        "another program; choose another: .* --port mlflow=PORT"):
+            services.up(paths.root)
+    assert not (paths.root / "postgres").exists() and not list(paths.root.glob("*.pid"))  # nothing started
+    with pytest.raises(services.ServiceError, match="port 99999 for mlflow is not a TCP port"):
+        services.load_or_create_state(paths, None, None, None, {"mlflow": 99999})
 
 
 def test_external_services_are_named_without_their_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

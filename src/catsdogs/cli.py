@@ -154,6 +154,9 @@ def _ui(port: int) -> int:
 def _services(args: argparse.Namespace) -> int:
     from catsdogs import services
 
+    if args.username and args.action != "add-user":
+        print(f"services {args.action} takes no NAME (only add-user does), got {args.username!r}", file=sys.stderr)
+        return 2
     try:
         if args.action == "up":
             ports = {}

@@ -113,6 +113,8 @@ def up(root: Path = DEFAULT_DIR, host: str | None = None, backend_store_uri: str
     """
     paths = Paths(root)
     state = load_or_create_state(paths, host, backend_store_uri, s3_endpoint, ports)
+    stopped = [name for name, where in status(root).items() if not where.startswith(("running", "external"))]
+    ports_free(state, [*stopped, *(WEED_PORTS if "s3" in stopped else ())])  # before any of them starts
     if state.backend_store_uri is None:
         start_postgres(paths, state, timeout)
     ensure_databases(state)
@@ -139,7 +141,8 @@ def down(root: Path = DEFAULT_DIR, timeout: float = 60) -> list[str]:
 
 
 def status(root: Path = DEFAULT_DIR) -> dict[str, str]:
-    """{service: 'running on host:port' | 'stopped' | 'external: URI'} for the services of DIR."""
+    """{service: 'running on host:port' | 'stopped' (and whether another program holds its port) | 'external: URI'}
+    for the services of DIR."""
     paths = Paths(root)
     if not paths.state.is_file():
         return dict.fromkeys(SERVICES, "not set up (run: catsdogs services up)")
@@ -149,10 +152,12 @@ def status(root: Path = DEFAULT_DIR) -> dict[str, str]:
         external = {"postgres": state.backend_store_uri, "s3": state.s3_endpoint}.get(name)
         if external:
             out[name] = f"external: {redact(external)}"
-        elif port_open(state.host, state.ports[name]):
+        elif not port_open(state.host, state.ports[name]):
+            out[name] = "stopped"
+        elif postgres_running(paths) if name == "postgres" else process_alive(paths, name):
             out[name] = f"running on {state.host}:{state.ports[name]}"
         else:
-            out[name] = "stopped"
+            out[name] = f"stopped; another program listens on {state.host}:{state.ports[name]}"
     return out
 
 
@@ -179,6 +184,9 @@ def load_or_create_state(paths: Paths, host: str | None, backend_store_uri: str 
     unknown = sorted(set(ports) - set(SERVICES))
     if unknown:
         raise ServiceError(f"unknown service {unknown[0]!r} in ports (services: {', '.join(SERVICES)})")
+    for name, port in ports.items():
+        if not 1 <= port <= 65535:
+            raise ServiceError(f"port {port} for {name} is not a TCP port (1-65535)")
     if paths.state.is_file():
         state = read_state(paths)
         moved = (host is not None and host != state.host) or any(state.ports[k] != v for k, v in ports.items())
@@ -584,6 +592,16 @@ def http_ok(url: str) -> bool:
         return requests.get(url, timeout=3).status_code == 200
     except requests.RequestException:
         return False
+
+
+def ports_free(state: State, names: list[str]) -> None:
+    """Before services start: none of their ports is held by another program (which could even answer a
+    health check in their place)."""
+    for name in names:
+        if port_open(state.host, state.ports[name]):
+            what, fix = ((name, f"choose another: catsdogs services up --port {name}=PORT") if name in SERVICES
+                         else (f"SeaweedFS's {name}", "stop that program and rerun"))
+            raise ServiceError(f"port {state.ports[name]} ({what}) on {state.host} is in use by another program; {fix}")
 
 
 def wait_until(check: Any, timeout: float, what: str, log_file: Path, paths: Paths | None = None,
