@@ -27,7 +27,7 @@ def test_predict_prints_label_and_probabilities_per_file(champion: dict, in_proj
     synthetic.make_image("cat", rng).convert("L").save(grey)
     broken = in_project / "broken.jpg"
     broken.write_bytes(b"not an image")
-    code = main(["predict", str(good), str(grey), str(broken), str(in_project / "missing.jpg")])
+    code = main(["predict", str(good), str(grey), str(broken), str(in_project / "missing.jpg"), str(in_project)])
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
     assert code == 1, "a file that could not be classified makes the exit status 1"
@@ -40,6 +40,7 @@ def test_predict_prints_label_and_probabilities_per_file(champion: dict, in_proj
         assert (float(p["p_dog"]) >= 0.5) == (label == "dog")
     assert "broken.jpg\terror: not an image (unknown format)" in err
     assert "missing.jpg\terror:" in err
+    assert f"{in_project}\terror: a folder: name its files (folder/*.jpg), or classify folders with catsdogs " in err
 
 
 def test_predict_before_a_model_is_registered_says_so_in_one_line(tmp_path, monkeypatch, capsys) -> None:

@@ -233,6 +233,9 @@ def predict_files(paths: list[str], model_uri: str) -> tuple[pd.DataFrame, dict[
             with open(path, "rb") as f:
                 encoded = base64.b64encode(f.read()).decode()
             result = model.predict(pd.DataFrame({COLUMN: [encoded]}))
+        except IsADirectoryError:
+            errors[path] = "a folder: name its files (folder/*.jpg), or classify folders with catsdogs score"
+            continue
         except OSError as err:
             errors[path] = err.strerror or str(err)
             continue
