@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,21 @@ def test_augment_preview_refuses_a_count_or_file_type_it_cannot_draw(bad: list[s
     with pytest.raises(SystemExit) as exit_info:
         main(["augment-preview", "photo.jpg", *bad])
     assert exit_info.value.code == 2 and "--out a file name ending in one of" in capsys.readouterr().err
+
+
+def test_ui_refuses_a_port_in_use_or_out_of_range(tmp_path, monkeypatch, capsys) -> None:
+    shutil.copy(ROOT / "params.yaml", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as held:  # a UI left running, say
+        port = held.getsockname()[1]
+        assert main(["ui", "--port", str(port)]) == 1
+    assert not (tmp_path / "mlflow.db").exists()  # refused before it touched the store
+    assert capsys.readouterr().err.strip() == (f"catsdogs ui: port {port} on 127.0.0.1 is in use (a UI left "
+                                               "running?); choose another: catsdogs ui --port PORT")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ui", "--port", "70000"])
+    assert exit_info.value.code == 2 and "'70000' is not a TCP port (1-65535)" in capsys.readouterr().err
 
 
 def test_augment_preview_writes_a_grid(in_project, tmp_path) -> None:

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("plots", help="dvc plots show / diff as an HTML page that needs no network",
                         add_help=False)
     ui = commands.add_parser("ui", help="the MLflow UI of the project's tracking store (a server's: its link)")
-    ui.add_argument("--port", type=int, default=5000, help="for a local store: the UI's port on 127.0.0.1")
+    ui.add_argument("--port", type=_tcp_port, default=5000, help="for a local store: the UI's port on 127.0.0.1")
     for stage in STAGES:
         commands.add_parser(stage, help=f"DVC stage {stage} (python -m catsdogs.{stage})", add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -124,6 +124,12 @@ def _predict(paths: list[str], model_uri: str | None) -> int:
     return 1 if errors else 0
 
 
+def _tcp_port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return int(text)
+
+
 def _ui(port: int) -> int:
     """Print the link to the experiment's training runs, then serve the UI of a local store on 127.0.0.1 (a
     tracking server serves its own: the link is to it). MLflow 3's UI opens an experiment on its GenAI pages
@@ -136,6 +142,13 @@ def _ui(port: int) -> int:
     use_tracking_store(params.mlflow)
     store = mlflow.get_tracking_uri()
     server = store.startswith(("http://", "https://"))
+    if not server:
+        from catsdogs.services import port_open
+
+        if port_open("127.0.0.1", port):
+            print(f"catsdogs ui: port {port} on 127.0.0.1 is in use (a UI left running?); choose another: "
+                  "catsdogs ui --port PORT", file=sys.stderr)
+            return 1
     try:
         experiment = mlflow.get_experiment_by_name(params.mlflow.experiment)
     except TRACKING_ERRORS as err:
