@@ -113,8 +113,8 @@ def up(root: Path = DEFAULT_DIR, host: str | None = None, backend_store_uri: str
     """
     paths = Paths(root)
     state = load_or_create_state(paths, host, backend_store_uri, s3_endpoint, ports)
-    stopped = [name for name, where in status(root).items() if not where.startswith(("running", "external"))]
-    ports_free(state, [*stopped, *(WEED_PORTS if "s3" in stopped else ())])  # before any of them starts
+    to_start = [name for name in SERVICES if not external_uri(state, name) and not running_here(paths, state, name)]
+    ports_free(state, [*to_start, *(WEED_PORTS if "s3" in to_start else ())])  # before any of them starts
     if state.backend_store_uri is None:
         start_postgres(paths, state, timeout)
     ensure_databases(state)
@@ -149,16 +149,27 @@ def status(root: Path = DEFAULT_DIR) -> dict[str, str]:
     state = read_state(paths)
     out = {}
     for name in SERVICES:
-        external = {"postgres": state.backend_store_uri, "s3": state.s3_endpoint}.get(name)
+        external = external_uri(state, name)
         if external:
             out[name] = f"external: {redact(external)}"
-        elif not port_open(state.host, state.ports[name]):
-            out[name] = "stopped"
-        elif postgres_running(paths) if name == "postgres" else process_alive(paths, name):
+        elif running_here(paths, state, name):
             out[name] = f"running on {state.host}:{state.ports[name]}"
-        else:
+        elif port_open(state.host, state.ports[name]):
             out[name] = f"stopped; another program listens on {state.host}:{state.ports[name]}"
+        else:
+            out[name] = "stopped"
     return out
+
+
+def external_uri(state: State, name: str) -> str | None:
+    """The managed service that stands in for `name` (--backend-store-uri, --s3-endpoint), if any."""
+    return {"postgres": state.backend_store_uri, "s3": state.s3_endpoint}.get(name)
+
+
+def running_here(paths: Paths, state: State, name: str) -> bool:
+    """Whether the process DIR started for `name` is alive and its port answers."""
+    alive = postgres_running(paths) if name == "postgres" else process_alive(paths, name)
+    return alive and port_open(state.host, state.ports[name])
 
 
 def add_user(root: Path, username: str, password: str | None = None) -> str:
@@ -393,7 +404,7 @@ def weed_binary() -> str:
 
 
 def start_seaweedfs(paths: Paths, state: State, timeout: float) -> None:
-    if process_alive(paths, "s3") and port_open(state.host, state.ports["s3"]):
+    if running_here(paths, state, "s3"):
         return
     paths.s3_data.mkdir(exist_ok=True)
     identity = {"name": "catsdogs", "credentials": [{"accessKey": state.s3_access_key,
@@ -460,7 +471,7 @@ def ensure_buckets(state: State, timeout: float) -> None:
 
 
 def start_mlflow(paths: Paths, state: State, timeout: float) -> None:
-    if process_alive(paths, "mlflow") and port_open(state.host, state.ports["mlflow"]):
+    if running_here(paths, state, "mlflow"):
         return
     auth = (f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {state.store_uri('mlflow_auth', False)}\n"
             f"admin_username = {ADMIN}\nadmin_password = {state.admin_password}\n"
