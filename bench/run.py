@@ -201,7 +201,7 @@ def targets(s: dict) -> list[tuple[str, str, str, bool | None]]:
                      seq["p50_ms"] <= own["one_image_ms"] + lim["served_overhead_ms"]))
         share = con["images_per_second"] / own["batch_images_per_second"]
         rows.append((f"served, {con['clients']} clients, {con['seconds']:.0f} s",
-                     f"{con['images_per_second']} images/s ({share:.0%} of in memory), {con['errors']} errors",
+                     f"{con['images_per_second']} images/s ({share:.1%} of in memory), {con['errors']} errors",
                      f">= {lim['served_share_of_batch_rate']:.0%} of in memory, 0 errors",
                      share >= lim["served_share_of_batch_rate"] and con["errors"] == 0))
     for key, label, limit in (
