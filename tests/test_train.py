@@ -20,9 +20,11 @@ from catsdogs.features import compute_features
 from catsdogs.images import load_pixels
 from catsdogs.models import build_scratch_cnn, build_vgg16_extractor
 from catsdogs.train import (
+    VAL_BLOCK4_FILE,
     calibrate,
     compile_model,
     feature_extraction_job,
+    fine_tuning_job,
     float32_tensor,
     load_features,
     predict_in_chunks,
@@ -243,13 +245,41 @@ def test_the_temperature_comes_from_the_whole_model_on_the_validation_photos(tra
     params = load_params()
     job = feature_extraction_job(params, params.models["feature_extraction"])
     blank = (np.zeros_like(job.val_data[0]), job.val_data[1])  # activations that would give every photo one logit
-    value, logits, labels = calibrate(dataclasses.replace(job, val_data=blank))
+    value, logits, labels, _ = calibrate(dataclasses.replace(job, val_data=blank))
     pixels, y = _val_photos()
     own = logit_model(job.model).predict(pixels, verbose=0)[1].reshape(-1).astype(np.float64)
     np.testing.assert_allclose(logits, own, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(labels, y)
     assert np.ptp(own) > 0 and value == pytest.approx(fit_temperature(own, labels), rel=1e-4)
     assert float(job.model.get_layer("p_dog").temperature.numpy()) == pytest.approx(value, rel=1e-6)
+
+
+def test_fine_tuning_calibrates_on_feature_extractions_blocks_1_4(trained: dict, in_project: Path,
+                                                                 tmp_path: Path) -> None:
+    """Feature extraction keeps its calibration's block4 activations of the validation photos; fine-tuning, whose
+    blocks 1-4 are the same frozen layers, reuses them (their key matches) and runs only block5 and the head.
+    Activations saved under another key (other weights, photos or decoding) are not used."""
+    params = load_params()
+    saved = dict(np.load(MODELS_DIR / "feature_extraction" / VAL_BLOCK4_FILE))
+    job = fine_tuning_job(params, params.models["fine_tuning"])
+    assert job.block4 is not None and job.block4.source == MODELS_DIR / "feature_extraction" / VAL_BLOCK4_FILE
+    assert str(saved["key"]) == job.block4.key
+    pixels, y = _val_photos()
+    np.testing.assert_array_equal(saved["labels"].reshape(-1), y)
+    np.testing.assert_allclose(saved["activations"], job.block4.front.predict(pixels, verbose=0), rtol=1e-5, atol=1e-6)
+    own = logit_model(job.model).predict(pixels, verbose=0)[1].reshape(-1)
+
+    blank = tmp_path / VAL_BLOCK4_FILE  # activations that would give every photo one logit
+    for key, reused in ((job.block4.key, True), ("another front", False)):
+        np.savez(blank, activations=np.zeros_like(saved["activations"]), labels=saved["labels"], key=np.array(key))
+        _, logits, labels, _ = calibrate(dataclasses.replace(job, block4=dataclasses.replace(job.block4,
+                                                                                             source=blank)))
+        np.testing.assert_array_equal(labels, y)
+        if reused:
+            assert np.ptp(logits) == 0
+        else:
+            np.testing.assert_allclose(logits, own, rtol=1e-4, atol=1e-5)
+    assert not (MODELS_DIR / "fine_tuning" / VAL_BLOCK4_FILE).exists()  # only the start keeps them
 
 
 def test_fine_tuning_starts_from_the_feature_extraction_head(trained: dict, in_project: Path) -> None:

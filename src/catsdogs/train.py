@@ -3,15 +3,16 @@
     python -m catsdogs.train {scratch|augmented|feature_extraction|fine_tuning}
 
 Reads params.yaml, data/splits/ (the CNNs, from pixels) or features/ (the VGG16 models, from the
-frozen base's cached activations) and, for fine_tuning, models/feature_extraction/model.keras.
-Writes models/<name>/model.keras (a full model taking raw pixels, its probability calibrated on the
-validation set: catsdogs.calibration), history.csv, metrics.json and run.json (the MLflow run id, so
-that later stages log into the same run).
+frozen base's cached activations) and, for fine_tuning, models/feature_extraction/{model.keras,
+val_block4.npz}. Writes models/<name>/model.keras (a full model taking raw pixels, its probability
+calibrated on the validation set: catsdogs.calibration), history.csv, metrics.json and run.json (the
+MLflow run id, so that later stages log into the same run); feature_extraction also val_block4.npz.
 An interrupted run resumes from .backup/<name>/ (Keras BackupAndRestore, the same MLflow run).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -91,6 +92,9 @@ OPTIMIZERS = {
 # The validation photos through a whole VGG16 model (for its temperature) in batches this small: in float32 at
 # 224 px a batch of 32 holds about 1 GB of activations, on top of the training data still in memory.
 VGG16_PHOTO_BATCH = 8
+# Feature extraction keeps its calibration's block4 activations of the validation photos here (in its model's
+# folder); a fine-tuning run started from it has the same frozen blocks 1-4 and reuses them (Block4Share).
+VAL_BLOCK4_FILE = "val_block4.npz"
 # Bytes a buffer TensorFlow takes over must be aligned to (its CPU kernels check; Eigen's maximum alignment).
 TENSOR_ALIGNMENT = 64
 
@@ -125,7 +129,7 @@ def train_model(name: str, params: Params, out_dir: Path, backup_dir: Path) -> d
         else:
             log.info("resuming run %s from %s", resumed, backup_dir)
         history = fit(job.trained_part, job.train_data, job.val_data, params.models[name], backup_dir)
-        temperature, logits, labels = calibrate(job)
+        temperature, logits, labels, block4 = calibrate(job)
         metrics = {
             "val_accuracy": float(np.mean((logits >= 0) == (labels >= 0.5))),
             "val_loss": float(log_loss(labels, expit(logits / temperature), labels=[0, 1])),  # as saved
@@ -141,7 +145,8 @@ def train_model(name: str, params: Params, out_dir: Path, backup_dir: Path) -> d
         write_outputs(out_dir, job.model, backup_dir / "history.csv", metrics,
                       {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
                        "model_uri": model_info.model_uri, "class_names": list(job.class_names),
-                       "precision": precision, "machine": describe_machine()})
+                       "precision": precision, "machine": describe_machine()},
+                      block4 if job.block4 is not None and job.block4.save else None)
     shutil.rmtree(backup_dir, ignore_errors=True)
     log.info("%s: val_accuracy %.4f after %d epochs (best %d), %.0fs, run %s", name, metrics["val_accuracy"],
              metrics["epochs"], metrics["best_epoch"], metrics["train_seconds"], run.info.run_id)
@@ -198,6 +203,23 @@ class TrainingJob:
     val_data: Data  # what training validates on (early stopping): the photos, or their cached activations
     val_photos: tf.data.Dataset  # the validation photos as `model` takes them (its temperature is fitted on them)
     class_names: tuple[str, ...]
+    block4: Block4Share | None = None  # a VGG16 model: its calibration runs blocks 1-4 apart from the rest
+
+
+@dataclass(frozen=True)
+class Block4Share:
+    """How a VGG16 model's calibration gets the validation photos' activations after its frozen blocks 1-4.
+
+    The whole model's logits are `front` (its layers up to VGG16_CUT, in Keras as it is saved) then the rest.
+    Feature extraction computes them and saves them with `key`; fine-tuning, whose blocks 1-4 are the same
+    frozen layers, loads them from its start's folder when the key matches, and runs only block5 and the head:
+    in float32 that spares a whole-VGG16 pass over the validation photos (about a minute and a half here).
+    """
+
+    front: keras.Model
+    key: str  # the front's weights and dtypes, the validation manifest and how its photos are decoded
+    source: Path | None  # the saved activations to reuse, if their key matches
+    save: bool  # keep them in the model's folder (VAL_BLOCK4_FILE) for a run started from this model
 
 
 def cnn_job(params: Params, settings: ModelParams) -> TrainingJob:
@@ -222,7 +244,7 @@ def feature_extraction_job(params: Params, settings: ModelParams) -> TrainingJob
     block5 = tail_model(model, after=VGG16_CUT, until=VGG16_LAST)
     train = (predict_in_chunks(block5, features["train_x"]), features["train_y"])
     val = (predict_in_chunks(block5, [features["val_x"]]), features["val_y"])
-    return _activations_job(model, VGG16_LAST, train, val, features, params, settings)
+    return _activations_job(model, VGG16_LAST, train, val, features, params, settings, save_block4=True)
 
 
 def fine_tuning_job(params: Params, settings: ModelParams) -> TrainingJob:
@@ -233,7 +255,8 @@ def fine_tuning_job(params: Params, settings: ModelParams) -> TrainingJob:
     model = unfreeze_block5(start)
     train = (float32_tensor(features["train_x"]), features["train_y"])
     val = (float32_tensor([features["val_x"]]), features["val_y"])
-    return _activations_job(model, VGG16_CUT, train, val, features, params, settings)
+    source = MODELS_DIR / settings.init_from / VAL_BLOCK4_FILE if settings.init_from else None
+    return _activations_job(model, VGG16_CUT, train, val, features, params, settings, source)
 
 
 RECIPES: dict[str, Callable[[Params, ModelParams], TrainingJob]] = {
@@ -254,13 +277,46 @@ def _new_vgg16_classifier(params: Params, settings: ModelParams) -> keras.Model:
 
 
 def _activations_job(model: keras.Model, after: str, train: tuple, val: tuple, features: dict, params: Params,
-                     settings: ModelParams) -> TrainingJob:
+                     settings: ModelParams, block4_source: Path | None = None, save_block4: bool = False,
+                     ) -> TrainingJob:
     """Train `model`'s layers after base layer `after` on its cached activations."""
     trained_part = tail_model(model, after=after)
     compile_model(trained_part, settings, steps_per_epoch=-(-len(train[1]) // settings.batch_size))
     class_names = tuple(features["class_names"])
     photos = validation_photos(params, class_names, params.vgg16_input_size, VGG16_PHOTO_BATCH)
-    return TrainingJob(model, trained_part, train, val, photos, class_names)
+    front = front_model(model)
+    share = Block4Share(front, block4_key(front, params), block4_source, save_block4)
+    return TrainingJob(model, trained_part, train, val, photos, class_names, share)
+
+
+def front_model(model: keras.Model) -> keras.Model:
+    """A VGG16 classifier's layers up to VGG16_CUT (the same layers, not copies): raw pixels -> block4 activations."""
+    base = model.get_layer("vgg16")
+    inputs = keras.Input(model.input_shape[1:], name="pixels")
+    x = inputs
+    for layer in model.layers[1 : model.layers.index(base)]:  # augmentation (identity here), preprocessing
+        x = layer(x)
+    cut = keras.Model(base.inputs, base.get_layer(VGG16_CUT).output, name="vgg16_blocks1_4")
+    return keras.Model(inputs, cut(x, training=False), name="front")
+
+
+def block4_key(front: keras.Model, params: Params) -> str:
+    """What the front's activations of the validation photos depend on, hashed: its weights and dtypes, the
+    validation manifest, and the decoding of its photos (their side and the pixel limit)."""
+    digest = hashlib.sha256()
+    layers = list(front.layers)
+    while layers:  # each layer's kind and dtypes, in order (not names: Keras numbers unnamed layers per process)
+        layer = layers.pop(0)
+        if isinstance(layer, keras.Model):  # the nested VGG16 blocks: its layers compute, in their own dtypes
+            layers += layer.layers
+        elif not isinstance(layer, keras.layers.InputLayer):  # an input computes nothing
+            digest.update(f"{type(layer).__name__}:{layer.dtype_policy.name};".encode())
+    for weight in front.weights:
+        digest.update(f"{weight.shape}:{weight.dtype};".encode())
+        digest.update(np.asarray(weight.numpy()).tobytes())
+    digest.update(manifest_path("val", SPLITS_DIR).read_bytes())
+    digest.update(f"{front.input_shape};{params.split.max_pixels}".encode())
+    return digest.hexdigest()
 
 
 def validation_photos(params: Params, class_names: tuple[str, ...], size: int, batch_size: int) -> tf.data.Dataset:
@@ -354,23 +410,46 @@ def predict_in_chunks(model: keras.Model, cached: Sequence[np.ndarray], chunk: i
                            for rows in _chunks(cached, chunk)])
 
 
-def calibrate(job: TrainingJob) -> tuple[float, np.ndarray, np.ndarray]:
+def calibrate(job: TrainingJob) -> tuple[float, np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
     """Fit the temperature of the model's probability layer on the validation photos (log loss against the true
-    labels, whatever label smoothing trained on); (the temperature, the validation logits, their labels).
+    labels, whatever label smoothing trained on); (the temperature, the validation logits, their labels, and for
+    a VGG16 model the block4 activations they came from, as VAL_BLOCK4_FILE holds them).
 
     The logits are the whole model's, as it is saved, evaluated and served: for a VGG16 model, not those of the
     cached activations it trained on (int8 or float16 copies of the base's: their logits differ a little, and
     by enough to move the temperature; reports/decisions.md).
     Labels are unchanged (the logits keep their order).
     """
-    logit_part = keras.Model(job.model.inputs, job.model.get_layer(LOGIT_LAYER).output)
-    batches = [(logit_part.predict_on_batch(x), y.numpy()) for x, y in job.val_photos]
-    logits, labels = (np.concatenate(part) for part in zip(*batches, strict=True))
+    if job.block4 is None:
+        logit_part = keras.Model(job.model.inputs, job.model.get_layer(LOGIT_LAYER).output)
+        batches = [(logit_part.predict_on_batch(x), y.numpy()) for x, y in job.val_photos]
+        logits, labels = (np.concatenate(part) for part in zip(*batches, strict=True))
+        block4 = None
+    else:
+        block4 = validation_block4(job.block4, job.val_photos)
+        logit_part = tail_model(job.model, after=VGG16_CUT, until=LOGIT_LAYER)
+        logits = predict_in_chunks(logit_part, [block4["activations"]])
+        labels = block4["labels"]
     logits, labels = logits.reshape(-1).astype(np.float64), labels.reshape(-1)
     value = fit_temperature(logits, labels)
     set_temperature(job.model, value)
     log.info("calibration: temperature %.3f (fitted on %d validation images)", value, len(labels))
-    return value, logits, labels
+    return value, logits, labels, block4
+
+
+def validation_block4(share: Block4Share, photos: tf.data.Dataset) -> dict[str, np.ndarray]:
+    """The validation photos' activations after blocks 1-4 (float32) and their labels: the saved ones when their
+    key matches, else the front run over the photos."""
+    if share.source is not None and share.source.is_file():
+        with np.load(share.source) as saved:
+            if str(saved["key"]) == share.key:
+                log.info("calibration: blocks 1-4 of the validation photos from %s", share.source)
+                return {"activations": saved["activations"], "labels": saved["labels"], "key": saved["key"]}
+        log.info("calibration: %s holds other blocks 1-4 or photos; running them", share.source)
+    batches = [(share.front.predict_on_batch(x), y.numpy()) for x, y in photos]
+    activations, labels = (np.concatenate(part) for part in zip(*batches, strict=True))
+    # float32 holds bfloat16 and float16 activations exactly: block5 casts them back to the same values
+    return {"activations": activations.astype(np.float32), "labels": labels, "key": np.array(share.key)}
 
 
 def compile_model(model: keras.Model, settings: ModelParams, steps_per_epoch: int) -> None:
@@ -458,9 +537,14 @@ def log_model(model: keras.Model, val_photos, class_names: tuple[str, ...]):
     )
 
 
-def write_outputs(out_dir: Path, model: keras.Model, history_csv: Path, metrics: dict, run: dict) -> None:
+def write_outputs(out_dir: Path, model: keras.Model, history_csv: Path, metrics: dict, run: dict,
+                  block4: dict[str, np.ndarray] | None = None) -> None:
     """Each file is written beside its final name and renamed: DVC never sees a half-written output."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if block4 is not None:
+        with (out_dir / f".{VAL_BLOCK4_FILE}.partial").open("wb") as f:
+            np.savez(f, activations=block4["activations"], labels=block4["labels"], key=block4["key"])
+        (out_dir / f".{VAL_BLOCK4_FILE}.partial").replace(out_dir / VAL_BLOCK4_FILE)
     partial = out_dir / ".model.partial.keras"
     model.save(partial)
     partial.replace(out_dir / "model.keras")
