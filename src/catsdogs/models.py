@@ -126,8 +126,12 @@ def build_vgg16_extractor(weights: str | None, image_size: int) -> keras.Model:
     base = load_vgg16_base(weights, image_size)
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = VGG16Preprocess(name="vgg16_preprocess")(inputs)
-    cut = keras.Model(base.inputs, base.get_layer(VGG16_CUT).output, name="vgg16_blocks1_4")
-    return keras.Model(inputs, cut(x, training=False), name="block4_features")
+    return keras.Model(inputs, blocks_1_4(base)(x, training=False), name="block4_features")
+
+
+def blocks_1_4(base: keras.Model) -> keras.Model:
+    """The VGG16 base's layers up to VGG16_CUT (the same layers, not copies)."""
+    return keras.Model(base.inputs, base.get_layer(VGG16_CUT).output, name="vgg16_blocks1_4")
 
 
 def count_params(model: keras.Model) -> tuple[int, int]:
@@ -135,6 +139,17 @@ def count_params(model: keras.Model) -> tuple[int, int]:
     trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
     frozen = sum(int(w.numpy().size) for w in model.non_trainable_weights)
     return trainable, frozen
+
+
+def front_model(model: keras.Model) -> keras.Model:
+    """The part of a VGG16 classifier up to VGG16_CUT (tail_model's complement; the same layers, not copies):
+    raw pixels -> block4 activations, as the whole model computes them."""
+    base = model.get_layer("vgg16")
+    inputs = keras.Input(model.input_shape[1:], name="pixels")
+    x = inputs
+    for layer in model.layers[1 : model.layers.index(base)]:  # augmentation (identity at inference), preprocessing
+        x = layer(x)
+    return keras.Model(inputs, blocks_1_4(base)(x, training=False), name="front")
 
 
 def tail_model(model: keras.Model, after: str, until: str | None = None) -> keras.Model:

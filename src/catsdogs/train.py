@@ -63,6 +63,7 @@ from catsdogs.models import (
     build_scratch_cnn,
     build_vgg16_classifier,
     count_params,
+    front_model,
     set_precision,
     tail_model,
     unfreeze_block5,
@@ -287,17 +288,6 @@ def _activations_job(model: keras.Model, after: str, train: tuple, val: tuple, f
     front = front_model(model)
     share = Block4Share(front, block4_key(front, params), block4_source, save_block4)
     return TrainingJob(model, trained_part, train, val, photos, class_names, share)
-
-
-def front_model(model: keras.Model) -> keras.Model:
-    """A VGG16 classifier's layers up to VGG16_CUT (the same layers, not copies): raw pixels -> block4 activations."""
-    base = model.get_layer("vgg16")
-    inputs = keras.Input(model.input_shape[1:], name="pixels")
-    x = inputs
-    for layer in model.layers[1 : model.layers.index(base)]:  # augmentation (identity here), preprocessing
-        x = layer(x)
-    cut = keras.Model(base.inputs, base.get_layer(VGG16_CUT).output, name="vgg16_blocks1_4")
-    return keras.Model(inputs, cut(x, training=False), name="front")
 
 
 def block4_key(front: keras.Model, params: Params) -> str:
